@@ -1,0 +1,50 @@
+"""Bag-of-frames baseline beside the recurrent model, on the same split.
+
+Trains logistic regression on per-clip MFCC mean and standard deviation (order-blind) and prints
+its test accuracy next to the BiGRU's from a finished ``speechrnn.fit`` run (the latest under
+``lightning_logs/`` unless ``--run`` says otherwise). The DataModule is rebuilt from that run's
+``config.yaml``, so both see exactly the same files and split.
+
+    python pipelines/bag_of_frames.py [--run lightning_logs/version_N]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from jsonargparse import CLI, ArgumentParser
+
+from speechrnn.baselines import bag_of_frames_accuracy
+from speechrnn.data.base import SequenceDataModuleBase
+
+
+def latest_run(root: Path = Path("lightning_logs")) -> Path:
+    runs = [p for p in root.glob("version_*") if (p / "test_metrics.json").is_file()]
+    if not runs:
+        raise FileNotFoundError(f"no finished run under {root}/; run `python -m speechrnn.fit` first")
+    return max(runs, key=lambda p: int(p.name.split("_")[1]))
+
+
+def main(run: Path | None = None) -> dict[str, float]:
+    """Args:
+    run: Run folder of a finished ``python -m speechrnn.fit`` (default: the latest).
+    """
+    run = Path(run) if run is not None else latest_run()
+    data_config = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    data_config.setdefault("init_args", {}).setdefault("features", {})["normalize"] = "none"
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(SequenceDataModuleBase, "data")
+    datamodule = parser.instantiate_classes(parser.parse_object({"data": data_config})).data
+    baseline = bag_of_frames_accuracy(datamodule)
+    recurrent = json.loads((run / "test_metrics.json").read_text())["metrics"]["test/acc"]
+    print(f"run: {run}")
+    print(f"{'model':<36}{'test accuracy':>14}")
+    print(f"{'bag of frames (mean+std, logreg)':<36}{baseline['test']:>14.4f}")
+    print(f"{'recurrent model (speechrnn.fit)':<36}{recurrent:>14.4f}")
+    return {"bag_of_frames": baseline["test"], "recurrent": recurrent}
+
+
+if __name__ == "__main__":
+    CLI(main)

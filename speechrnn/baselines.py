@@ -1,0 +1,36 @@
+"""Order-blind baselines that show what a recurrent model adds."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from speechrnn.data.base import SequenceDataModuleBase
+from speechrnn.data.cache import FeatureStore
+
+
+def bag_of_frames(store: FeatureStore, indices: np.ndarray) -> np.ndarray:
+    """Per-sequence mean and standard deviation of each feature: ``(len(indices), 2 * F)``."""
+    return np.stack([np.concatenate([np.mean(store[i], 0), np.std(store[i], 0)]) for i in indices])
+
+
+def bag_of_frames_accuracy(datamodule: SequenceDataModuleBase, c: float = 1.0) -> dict[str, float]:
+    """Logistic regression on per-sequence feature statistics, trained on the train split;
+    returns the accuracy of each split. The features must not be normalised per utterance,
+    which would erase exactly the statistics this baseline reads."""
+    settings = datamodule.feature_settings
+    if settings is not None and settings.normalize == "utterance":
+        raise ValueError("bag-of-frames needs features.normalize='none' or 'dataset', not 'utterance'")
+    datamodule.setup("fit")
+    targets = datamodule.targets()
+    train = datamodule.splits["train"]
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+    classifier.fit(bag_of_frames(datamodule.store, train), targets[train])
+    return {
+        split: float(accuracy_score(targets[idx], classifier.predict(bag_of_frames(datamodule.store, idx))))
+        for split, idx in datamodule.splits.items()
+        if len(idx)
+    }

@@ -1,0 +1,21 @@
+"""Lightning DataModules: audio folders and manifests, the embedded synthetic corpus, and friends."""
+
+from speechrnn.data.audio import AudioDataModule
+from speechrnn.data.base import Record, SequenceDataModuleBase
+from speechrnn.data.cache import FeatureStore, MemmapFeatureCache
+from speechrnn.data.folder import AudioFolderDataModule
+from speechrnn.data.sampler import BucketBatchSampler
+from speechrnn.data.sequences import SequenceDataModule
+from speechrnn.data.synthetic import SyntheticCommandsDataModule
+
+__all__ = [
+    "AudioDataModule",
+    "AudioFolderDataModule",
+    "BucketBatchSampler",
+    "FeatureStore",
+    "MemmapFeatureCache",
+    "Record",
+    "SequenceDataModule",
+    "SequenceDataModuleBase",
+    "SyntheticCommandsDataModule",
+]

@@ -1,0 +1,339 @@
+"""What every speechrnn DataModule shares: records, honest splits, normalisation and batching.
+
+Batch structure (all DataModules): ``(features, lengths, labels, indices)`` with
+``features: (batch, time, features) float32`` zero-padded after each sequence's end,
+``lengths: (batch,) int64`` on the CPU (packing needs them there, also under mixed precision),
+``labels: (batch,) int64`` class indices into ``class_names`` (float32 targets for regression),
+``indices: (batch,) int64`` positions in :attr:`SequenceDataModuleBase.records`, to trace a
+prediction back to its file and speaker.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from speechrnn.data.cache import FeatureStore
+from speechrnn.data.sampler import BucketBatchSampler
+from speechrnn.features import FeatureSettings
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One example: where its data comes from, its label and, when known, its speaker and split."""
+
+    source: str
+    label: str
+    speaker: str | None = None
+    split: str | None = None
+
+
+def assign_splits(
+    records: list[Record], val_fraction: float, test_fraction: float, seed: int, stratify: bool = True
+) -> list[str]:
+    """Split of each record: the record's own when every record has one; otherwise speaker-disjoint
+    when speakers are known (whole speakers go to val/test); otherwise random, stratified by label
+    when ``stratify``."""
+    if records and all(r.split for r in records):
+        unknown = sorted({r.split for r in records} - set(SPLITS))
+        if unknown:
+            raise ValueError(f"unknown split names {unknown}; use train, val or test")
+        return [r.split for r in records]  # type: ignore[misc]
+    rng = np.random.default_rng(seed)
+    if records and all(r.speaker for r in records):
+        speakers = sorted({r.speaker for r in records})  # type: ignore[type-var]
+        rng.shuffle(speakers)
+        n_test = max(1, round(test_fraction * len(speakers))) if test_fraction > 0 else 0
+        n_val = max(1, round(val_fraction * len(speakers))) if val_fraction > 0 else 0
+        if n_test + n_val >= len(speakers):
+            raise ValueError(
+                f"{len(speakers)} speakers cannot give speaker-disjoint train/val/test splits with "
+                f"val_fraction={val_fraction} and test_fraction={test_fraction}"
+            )
+        split_of = {s: "test" for s in speakers[:n_test]}
+        split_of.update({s: "val" for s in speakers[n_test : n_test + n_val]})
+        return [split_of.get(r.speaker, "train") for r in records]  # type: ignore[arg-type]
+    splits = ["train"] * len(records)
+    by_label: dict[str, list[int]] = {}
+    for position, record in enumerate(records):
+        by_label.setdefault(record.label if stratify else "", []).append(position)
+    for label in sorted(by_label):
+        positions = np.array(by_label[label])
+        rng.shuffle(positions)
+        n_test = math.floor(test_fraction * len(positions) + 0.5)
+        n_val = math.floor(val_fraction * len(positions) + 0.5)
+        for p in positions[:n_test]:
+            splits[p] = "test"
+        for p in positions[n_test : n_test + n_val]:
+            splits[p] = "val"
+    return splits
+
+
+class SequenceDataset(Dataset):
+    """Items ``(features (T, F), target, index)`` of a store, restricted to ``indices``."""
+
+    def __init__(self, store: FeatureStore, indices: np.ndarray, targets: np.ndarray) -> None:
+        self.store = store
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[np.ndarray, Any, int]:
+        index = int(self.indices[position])
+        return self.store[index], self.targets[index], index
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.store.lengths[self.indices]
+
+
+class PadCollate:
+    """Pad a list of items into the documented batch, applying dataset statistics when given."""
+
+    def __init__(self, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> None:
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32)
+        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32)
+
+    def __call__(self, items: list[tuple[np.ndarray, Any, int]]) -> tuple[torch.Tensor, ...]:
+        lengths = torch.tensor([len(item[0]) for item in items], dtype=torch.int64)
+        padded = np.zeros((len(items), int(lengths.max()), items[0][0].shape[1]), np.float32)
+        for row, (array, _, _) in enumerate(items):
+            padded[row, : len(array)] = array
+        features = torch.from_numpy(padded)
+        if self.mean is not None:
+            mask = (torch.arange(features.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
+            features = torch.where(mask, (features - self.mean) / self.std, 0.0)
+        targets = torch.as_tensor(np.array([item[1] for item in items]))
+        indices = torch.tensor([item[2] for item in items], dtype=torch.int64)
+        return features, lengths, targets, indices
+
+
+class SequenceDataModuleBase(pl.LightningDataModule):
+    """Splitting, statistics and variable-length batching shared by every speechrnn DataModule.
+
+    Subclasses say where examples come from (:meth:`load_records`) and how they become features
+    (:meth:`build_store`); everything else, from honest splits to bucketed batches, lives here.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        max_frames: int | None = None,
+        bucketing: bool = True,
+        num_workers: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            batch_size: Sequences per batch (an upper bound when ``max_frames`` is set).
+            max_frames: Optional budget of padded frames per batch (batch size x longest length),
+                so batches of short clips hold more of them.
+            bucketing: Batch sequences of similar length together (less padding, faster RNNs).
+            num_workers: DataLoader worker processes; 0 reads in the main process, which is
+                fastest for the memory-mapped cache on small machines.
+            val_fraction: Fraction of speakers (or of each class's examples, when speakers are
+                unknown) held out for validation when the data has no split of its own.
+            test_fraction: Likewise for the test split.
+            seed: Seed of the split and of the batch order.
+        """
+        super().__init__()
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.max_frames = max_frames
+        self.bucketing = bucketing
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self._records: list[Record] | None = None
+        self.store: FeatureStore | None = None
+        self.store_records: list[int] = []
+        self.splits: dict[str, np.ndarray] = {}
+        self.feature_mean: np.ndarray | None = None
+        self.feature_std: np.ndarray | None = None
+
+    # --- what subclasses provide -------------------------------------------------------------
+    @abstractmethod
+    def load_records(self) -> list[Record]:
+        """Every example of the corpus, in a deterministic order."""
+
+    @abstractmethod
+    def build_store(self, records: list[Record]) -> tuple[FeatureStore, list[int]]:
+        """Features of ``records``; returns the store and, per stored sequence, its record position
+        (records that were skipped as bad input are absent)."""
+
+    @property
+    @abstractmethod
+    def feature_dim(self) -> int:
+        """Size of each feature frame (the model's ``input_size``)."""
+
+    @property
+    def feature_settings(self) -> FeatureSettings | None:
+        """Audio feature settings, or None for data that is already a feature sequence."""
+        return None
+
+    @property
+    def task(self) -> str:
+        """``classification`` or ``regression``; the model's task follows it."""
+        return "classification"
+
+    @property
+    def normalize_with_dataset_stats(self) -> bool:
+        settings = self.feature_settings
+        return settings is not None and settings.normalize == "dataset"
+
+    # --- derived ------------------------------------------------------------------------------
+    @property
+    def records(self) -> list[Record]:
+        if self._records is None:
+            self._records = self.load_records()
+            if not self._records:
+                raise ValueError(f"{type(self).__name__}: the corpus has no examples")
+        return self._records
+
+    @property
+    def class_names(self) -> list[str]:
+        """Label names in class-index order."""
+        return sorted({r.label for r in self.records})
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """Everything inference needs to turn input into a model batch the way training did."""
+        settings = self.feature_settings
+        return {
+            "class_names": self.class_names,
+            "features": settings.to_dict() if settings is not None else None,
+            "feature_mean": None if self.feature_mean is None else self.feature_mean.tolist(),
+            "feature_std": None if self.feature_std is None else self.feature_std.tolist(),
+        }
+
+    # --- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.store is not None:
+            return
+        records = self.records
+        self.store, self.store_records = self.build_store(records)
+        record_splits = assign_splits(
+            records, self.val_fraction, self.test_fraction, self.seed, stratify=self.task == "classification"
+        )
+        stored_splits = np.array([record_splits[p] for p in self.store_records])
+        self.splits = {name: np.flatnonzero(stored_splits == name) for name in SPLITS}
+        self._check_splits()
+        if self.normalize_with_dataset_stats or self.use_dataset_stats():
+            self.feature_mean, self.feature_std = self._train_statistics()
+
+    def use_dataset_stats(self) -> bool:
+        """Whether batches are normalised with training-split statistics (subclasses may override)."""
+        return False
+
+    def _check_splits(self) -> None:
+        if len(self.splits["train"]) == 0:
+            raise ValueError(f"{type(self).__name__}: the train split has no data")
+        train_labels = Counter(self.records[self.store_records[i]].label for i in self.splits["train"])
+        missing = [name for name in self.class_names if train_labels[name] == 0]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: classes with no training examples: {missing}")
+
+    def _train_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.store is not None
+        total = np.zeros(self.feature_dim, np.float64)
+        total_sq = np.zeros(self.feature_dim, np.float64)
+        count = 0
+        for index in self.splits["train"]:
+            frames = np.asarray(self.store[index], dtype=np.float64)
+            total += frames.sum(0)
+            total_sq += np.square(frames).sum(0)
+            count += len(frames)
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)) + 1e-5
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def targets(self) -> np.ndarray:
+        """Target of each stored sequence (class indices)."""
+        index_of = {name: i for i, name in enumerate(self.class_names)}
+        return np.array([index_of[self.records[p].label] for p in self.store_records], dtype=np.int64)
+
+    def dataset(self, split: Split) -> SequenceDataset:
+        if self.store is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for data")
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        if split != "train" and len(self.splits[split]) == 0:
+            raise ValueError(f"{type(self).__name__}: the {split} split has no data")
+        if not hasattr(self, "_targets"):
+            self._targets = self.targets()
+        return SequenceDataset(self.store, self.splits[split], self._targets)
+
+    def record_of(self, index: int) -> Record:
+        """The record behind a batch's ``indices`` entry."""
+        return self.records[self.store_records[index]]
+
+    def dataloader(self, split: Split, shuffle: bool | None = None) -> DataLoader:
+        """Bucketed, padded batches of ``split``; sharded across processes under DDP."""
+        dataset = self.dataset(split)
+        shuffle = split == "train" if shuffle is None else shuffle
+        trainer = getattr(self, "trainer", None)
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = BucketBatchSampler(
+            dataset.lengths if self.bucketing else np.zeros(len(dataset), np.int64),
+            batch_size=self.batch_size,
+            max_frames=self.max_frames,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=replicas,
+            rank=rank,
+            bucket_size_multiplier=100 if self.bucketing else 1,
+            even_shards=split == "train",
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=PadCollate(self.feature_mean, self.feature_std),
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),  # keeps the global RNG to the model
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.data_config
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("feature_mean") is not None:
+            self.feature_mean = np.asarray(state_dict["feature_mean"], np.float32)
+            self.feature_std = np.asarray(state_dict["feature_std"], np.float32)

@@ -1,0 +1,212 @@
+"""Feature storage behind one small interface, and the on-disk memory-mapped cache.
+
+A :class:`FeatureStore` is a read-only sequence of ``(T_i, F)`` float32 arrays with their lengths.
+DataModules only use that interface, so a different backend (e.g. sharded streaming storage)
+can replace the memory-mapped cache without touching batching or splitting.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.progress import Progress
+
+CACHE_FORMAT_VERSION = 1
+
+
+class FeatureStore(ABC):
+    """Read-only, indexable collection of feature sequences ``(T_i, F)``."""
+
+    @property
+    @abstractmethod
+    def lengths(self) -> np.ndarray:
+        """``(N,)`` int64 number of frames of each sequence."""
+
+    @property
+    @abstractmethod
+    def feature_dim(self) -> int:
+        """Feature size ``F``."""
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> np.ndarray:
+        """Sequence ``index`` as a ``(T_i, F)`` float32 array (may be a read-only view)."""
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+class ConcatenatedFeatureStore(FeatureStore):
+    """All frames in one ``(total_frames, F)`` array plus ``N + 1`` offsets; works for RAM or memmap."""
+
+    def __init__(self, frames: np.ndarray, offsets: np.ndarray) -> None:
+        if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(frames):
+            raise ValueError("offsets must start at 0 and end at the number of frames")
+        self.frames = frames
+        self.offsets = offsets.astype(np.int64)
+        self._lengths = np.diff(self.offsets)
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[np.ndarray]) -> ConcatenatedFeatureStore:
+        if not arrays:
+            raise ValueError("cannot build a feature store from zero sequences")
+        offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])])
+        return cls(np.ascontiguousarray(np.concatenate(arrays), dtype=np.float32), offsets)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self._lengths
+
+    @property
+    def feature_dim(self) -> int:
+        return self.frames.shape[1]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.frames[self.offsets[index] : self.offsets[index + 1]]
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A source left out of a cache with ``on_error="skip"``."""
+
+    path: str
+    reason: str
+
+
+class MemmapFeatureCache(ConcatenatedFeatureStore):
+    """A finished cache folder: ``frames.f32`` (raw float32), ``offsets.npy``, ``index.json``.
+
+    The folder only appears under its final name once complete (written under a temporary name,
+    then renamed), so an interrupted build never looks finished.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        index = json.loads((self.directory / "index.json").read_text())
+        if index.get("format") != CACHE_FORMAT_VERSION:
+            raise ValueError(f"{self.directory}: cache format {index.get('format')} is not {CACHE_FORMAT_VERSION}")
+        self.keys: list[str] = index["keys"]
+        offsets = np.load(self.directory / "offsets.npy")
+        shape = (int(offsets[-1]), int(index["feature_dim"]))
+        frames = (
+            np.memmap(self.directory / "frames.f32", dtype=np.float32, mode="r", shape=shape)
+            if shape[0] > 0
+            else np.zeros(shape, np.float32)
+        )
+        super().__init__(frames, offsets)
+        self.skipped = read_skipped(self.directory / "skipped.csv")
+
+    @staticmethod
+    def exists(directory: str | os.PathLike) -> bool:
+        return (Path(directory) / "index.json").is_file()
+
+    @classmethod
+    def build(
+        cls,
+        directory: str | os.PathLike,
+        keys: Sequence[str],
+        results: Iterable[np.ndarray | Exception],
+        feature_dim: int,
+        metadata: dict[str, Any] | None = None,
+    ) -> MemmapFeatureCache:
+        """Write one cache from ``results`` (features or the error for each of ``keys``, in order).
+
+        Errors become rows of ``skipped.csv``; raising is the caller's choice, made before this.
+        """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            kept: list[str] = []
+            skipped: list[SkippedFile] = []
+            offsets = [0]
+            with open(tmp / "frames.f32", "wb") as out:
+                for key, result in zip(keys, results, strict=True):
+                    if isinstance(result, Exception):
+                        skipped.append(SkippedFile(key, str(getattr(result, "reason", result))))
+                        continue
+                    array = np.ascontiguousarray(result, dtype=np.float32)
+                    if array.ndim != 2 or array.shape[1] != feature_dim:
+                        raise ValueError(f"{key}: features of shape {array.shape}, expected (T, {feature_dim})")
+                    out.write(array.tobytes())
+                    offsets.append(offsets[-1] + len(array))
+                    kept.append(key)
+                out.flush()
+                os.fsync(out.fileno())
+            np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+            write_skipped(tmp / "skipped.csv", skipped)
+            index = {"format": CACHE_FORMAT_VERSION, "feature_dim": feature_dim, "keys": kept, **(metadata or {})}
+            (tmp / "index.json").write_text(json.dumps(index))
+            try:
+                os.rename(tmp, directory)
+            except OSError:
+                if not cls.exists(directory):
+                    raise
+                shutil.rmtree(tmp)  # another process finished the same cache first
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(directory)
+
+
+def cache_key(settings: dict[str, Any], files: Sequence[str | os.PathLike]) -> str:
+    """Hash of the settings and of each file's path, size and modification time."""
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT_VERSION, settings], sort_keys=True).encode())
+    for file in files:
+        try:
+            stat = os.stat(file)
+            digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{file}\0missing\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def write_skipped(path: Path, skipped: Sequence[SkippedFile]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "reason"])
+        writer.writerows([(item.path, item.reason) for item in skipped])
+
+
+def read_skipped(path: Path) -> list[SkippedFile]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [SkippedFile(row["path"], row["reason"]) for row in csv.DictReader(handle)]
+
+
+def map_with_progress(
+    function: Callable[[Any], Any], items: Sequence[Any], description: str, num_workers: int = 0
+) -> Iterable[Any]:
+    """Yield ``function(item)`` in order, in a process pool when ``num_workers > 0``, with a progress bar."""
+    with Progress(transient=True) as progress:
+        task = progress.add_task(description, total=len(items))
+        if num_workers > 0:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(num_workers, initializer=_single_thread) as pool:
+                for result in pool.map(function, items, chunksize=max(1, len(items) // (num_workers * 8))):
+                    progress.advance(task)
+                    yield result
+        else:
+            for item in items:
+                result = function(item)
+                progress.advance(task)
+                yield result
+
+
+def _single_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)

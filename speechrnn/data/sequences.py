@@ -1,0 +1,159 @@
+"""``SequenceDataModule``: feature sequences that are not audio (time series, precomputed features).
+
+Same splitting, batching and model as the audio path; per-feature normalisation uses statistics
+of the training split only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from speechrnn.data.base import Record, SequenceDataModuleBase
+from speechrnn.data.cache import ConcatenatedFeatureStore
+
+SequenceTask = Literal["classification", "regression"]
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` holding ``features`` (concatenated ``(total_frames, F)``) with ``lengths``,
+    or ``features`` as an object array of ``(T_i, F)`` arrays; ``labels``; optional ``groups``
+    (speakers, subjects, ...) and ``splits`` (train/val/test)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    with np.load(path, allow_pickle=True) as archive:
+        arrays = dict(archive)
+    for key in ("features", "labels"):
+        if key not in arrays:
+            raise ValueError(f"{path}: no {key!r} array (found {sorted(arrays)})")
+    features = arrays["features"]
+    if "lengths" in arrays:
+        offsets = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+        if offsets[-1] != len(features):
+            raise ValueError(f"{path}: lengths sum to {offsets[-1]} but features has {len(features)} frames")
+        arrays["features"] = [features[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    return arrays
+
+
+class SequenceDataModule(SequenceDataModuleBase):
+    """Variable-length feature sequences ``(T_i, F)`` with labels, from an ``.npz`` file or arrays.
+
+    ``task="regression"`` turns labels into float targets for many-to-one regression (e.g. the
+    next value of a series); the model's task follows the DataModule's.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        task: SequenceTask = "classification",
+        normalize: bool = True,
+        batch_size: int = 32,
+        max_frames: int | None = None,
+        bucketing: bool = True,
+        num_workers: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            path: ``.npz`` file (see :func:`load_npz`); use :meth:`from_arrays` from Python.
+            task: ``classification`` (labels are classes) or ``regression`` (labels are numbers).
+            normalize: Standardise each feature with mean and deviation of the training split.
+        """
+        super().__init__(batch_size, max_frames, bucketing, num_workers, val_fraction, test_fraction, seed)
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task must be classification or regression, got {task!r}")
+        self.path = path
+        self._task = task
+        self.normalize = normalize
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def from_arrays(
+        cls,
+        sequences: Sequence[np.ndarray],
+        labels: Sequence,
+        groups: Sequence[str] | None = None,
+        splits: Sequence[str] | None = None,
+        **kwargs,
+    ) -> SequenceDataModule:
+        """Build from in-memory ``(T_i, F)`` arrays and labels (and optional groups and splits)."""
+        datamodule = cls(**kwargs)
+        arrays = {"features": list(sequences), "labels": np.asarray(labels)}
+        if groups is not None:
+            arrays["groups"] = np.asarray(groups)
+        if splits is not None:
+            arrays["splits"] = np.asarray(splits)
+        datamodule._arrays = arrays
+        return datamodule
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            if self.path is None:
+                raise ValueError("give SequenceDataModule a path to an .npz file, or build it with from_arrays()")
+            self._arrays = load_npz(self.path)
+        return self._arrays
+
+    @property
+    def task(self) -> str:
+        return self._task
+
+    @property
+    def feature_dim(self) -> int:
+        return int(np.shape(self.arrays["features"][0])[1])
+
+    @property
+    def class_names(self) -> list[str]:
+        return ["value"] if self._task == "regression" else super().class_names
+
+    @property
+    def num_classes(self) -> int:
+        return 1 if self._task == "regression" else len(self.class_names)
+
+    def use_dataset_stats(self) -> bool:
+        return self.normalize
+
+    def load_records(self) -> list[Record]:
+        arrays = self.arrays
+        count = len(arrays["features"])
+        for key in ("labels", "groups", "splits"):
+            if key in arrays and len(arrays[key]) != count:
+                raise ValueError(f"{key} has {len(arrays[key])} entries for {count} sequences")
+        groups, splits = arrays.get("groups"), arrays.get("splits")
+        return [
+            Record(
+                source=f"sequence-{i}",
+                label=str(arrays["labels"][i]),
+                speaker=None if groups is None else str(groups[i]),
+                split=None if splits is None else str(splits[i]),
+            )
+            for i in range(count)
+        ]
+
+    def build_store(self, records: list[Record]) -> tuple[ConcatenatedFeatureStore, list[int]]:
+        sequences = [np.asarray(s, dtype=np.float32) for s in self.arrays["features"]]
+        for i, sequence in enumerate(sequences):
+            if sequence.ndim != 2 or sequence.shape[1] != self.feature_dim or len(sequence) == 0:
+                raise ValueError(f"sequence {i}: shape {sequence.shape}, expected (T > 0, {self.feature_dim})")
+            if not np.isfinite(sequence).all():
+                raise ValueError(f"sequence {i}: contains NaN or infinite values")
+        return ConcatenatedFeatureStore.from_arrays(sequences), list(range(len(records)))
+
+    def targets(self) -> np.ndarray:
+        if self._task == "regression":
+            return np.asarray(self.arrays["labels"], dtype=np.float32)[self.store_records]
+        return super().targets()
+
+    def _check_splits(self) -> None:
+        if self._task == "regression":
+            if len(self.splits["train"]) == 0:
+                raise ValueError("SequenceDataModule: the train split has no data")
+            return
+        super()._check_splits()

@@ -1,0 +1,705 @@
+"""Generator of the embedded default dataset "synthetic-commands".
+
+The corpus is a deterministic set of short command words rendered by a
+source-filter (formant) synthesiser, so it sounds like speech rather than
+tones:
+
+* voiced phones excite a cascade of four time-varying formant resonators with
+  a Rosenberg glottal pulse train whose pitch follows a declining, jittered
+  contour;
+* fricatives are band-shaped noise, stops are a silent closure followed by a
+  noise burst and formant-shaped aspiration;
+* formant targets glide between neighbouring phones and every amplitude change
+  is a raised-cosine ramp, so there are no jumps or clicks.
+
+The vocabulary is built so that word order matters: several words are the
+reversal of another word (same phones, opposite order) and phone durations do
+not depend on position, so a classifier that pools frames over the clip
+cannot tell the two words of a pair apart, while a sequence model can.
+
+Every random draw comes from a generator seeded with ``(seed, stream,
+speaker, ...)``, so a clip depends only on the configuration and its own
+coordinates, never on worker count, call order or global random state.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy import signal
+
+SAMPLE_RATE = 16000
+GENERATOR_VERSION = "1"
+CORPUS_NAME = "synthetic-commands"
+MANIFEST_NAME = "manifest.csv"
+GENERATION_NAME = "generation.json"
+MANIFEST_COLUMNS = ("path", "label", "speaker", "split")
+SPLITS = ("train", "val", "test")
+
+_SPEAKER_STREAM = 1
+_CLIP_STREAM = 2
+_F0_RANGE = (80.0, 260.0)
+_WORD_RMS = 0.05
+_PEAK_LIMIT = 0.99
+_BLOCK = 32
+_FORMANT_GLIDE = 0.035
+_AMPLITUDE_RAMP = 0.012
+_WORD_PAD = 0.5 * _AMPLITUDE_RAMP + 0.002
+_DURATION_JITTER = 0.08
+_DURATION_JITTER_LIMIT = 0.2
+_MAX_DURATION_SCALE = 1.25
+
+
+@dataclass(frozen=True)
+class Phone:
+    """Acoustic targets of one phone-like segment.
+
+    ``formants``/``bandwidths`` (Hz, for a reference vocal tract) drive the
+    voiced cascade; for consonants they are the locus the neighbouring vowels
+    glide towards. ``voicing`` is the glottal source amplitude. ``noise_band``
+    and ``noise_level`` describe frication (fricatives) or the release burst
+    (stops); ``aspiration`` is the level of noise sent through the formant
+    cascade after a stop release.
+    """
+
+    kind: str
+    duration: float
+    formants: tuple[float, float, float, float]
+    bandwidths: tuple[float, float, float, float] = (80.0, 100.0, 150.0, 250.0)
+    voicing: float = 0.0
+    noise_band: tuple[float, float] | None = None
+    noise_level: float = 0.0
+    aspiration: float = 0.0
+
+
+_NASAL_BW = (100.0, 300.0, 400.0, 500.0)
+
+PHONES: dict[str, Phone] = {
+    "a": Phone("vowel", 0.150, (800, 1200, 2600, 3500), (90, 100, 140, 250), voicing=1.0),
+    "ae": Phone("vowel", 0.150, (720, 1850, 2600, 3600), (90, 110, 150, 250), voicing=1.0),
+    "e": Phone("vowel", 0.140, (500, 2000, 2650, 3600), (70, 100, 150, 250), voicing=1.0),
+    "i": Phone("vowel", 0.130, (290, 2450, 3100, 3800), (60, 100, 150, 250), voicing=1.0),
+    "o": Phone("vowel", 0.150, (520, 900, 2550, 3500), (70, 90, 150, 250), voicing=1.0),
+    "u": Phone("vowel", 0.130, (320, 900, 2350, 3400), (60, 90, 150, 250), voicing=1.0),
+    "er": Phone("vowel", 0.150, (480, 1400, 1750, 3400), (70, 100, 120, 250), voicing=1.0),
+    "m": Phone("nasal", 0.085, (250, 1100, 2200, 3300), _NASAL_BW, voicing=0.5),
+    "n": Phone("nasal", 0.085, (250, 1650, 2600, 3400), _NASAL_BW, voicing=0.5),
+    "l": Phone("approximant", 0.085, (360, 1100, 2700, 3400), (80, 150, 200, 300), voicing=0.7),
+    "s": Phone("fricative", 0.125, (400, 1800, 2700, 3500), noise_band=(4200, 7800), noise_level=0.35),
+    "sh": Phone("fricative", 0.125, (400, 2000, 2500, 3500), noise_band=(2300, 5200), noise_level=0.45),
+    "f": Phone("fricative", 0.110, (350, 1000, 2400, 3400), noise_band=(900, 7500), noise_level=0.09),
+    "p": Phone("stop", 0.100, (350, 900, 2300, 3400), noise_band=(300, 1800), noise_level=0.5, aspiration=0.5),
+    "t": Phone("stop", 0.100, (400, 1800, 2700, 3500), noise_band=(3500, 7000), noise_level=0.7, aspiration=0.5),
+    "k": Phone("stop", 0.100, (350, 2100, 2500, 3500), noise_band=(1400, 2800), noise_level=0.7, aspiration=0.5),
+}
+
+_STOP_CLOSURE = 0.55
+_STOP_BURST = 0.13
+
+WORDS: dict[str, tuple[str, ...]] = {
+    "asi": ("a", "s", "i"),
+    "isa": ("i", "s", "a"),
+    "ome": ("o", "m", "e"),
+    "emo": ("e", "m", "o"),
+    "shut": ("sh", "u", "t"),
+    "tush": ("t", "u", "sh"),
+    "pan": ("p", "ae", "n"),
+    "nap": ("n", "ae", "p"),
+    "kilo": ("k", "i", "l", "o"),
+    "olik": ("o", "l", "i", "k"),
+    "stop": ("s", "t", "o", "p"),
+    "fur": ("f", "er"),
+    "mash": ("m", "ae", "sh"),
+    "nuke": ("n", "u", "k"),
+}
+
+ORDER_PAIRS: list[tuple[str, str]] = [
+    ("asi", "isa"),
+    ("ome", "emo"),
+    ("shut", "tush"),
+    ("pan", "nap"),
+    ("kilo", "olik"),
+]
+
+
+def _max_word_seconds() -> float:
+    """Upper bound of a rendered word's length over all speakers and jitter."""
+    longest = max(sum(PHONES[p].duration for p in phones) for phones in WORDS.values())
+    return longest * _MAX_DURATION_SCALE * math.exp(_DURATION_JITTER_LIMIT) + 2 * _WORD_PAD
+
+
+MAX_WORD_SECONDS = _max_word_seconds()
+
+
+@dataclass(frozen=True)
+class SyntheticCorpusConfig:
+    """Generation parameters of the synthetic-commands corpus.
+
+    Attributes:
+        num_speakers: Number of synthetic speakers (speaker-disjoint splits
+            are drawn from them).
+        repetitions: Clips per (speaker, word); the total clip count is
+            ``num_speakers * len(WORDS) * repetitions``.
+        clip_seconds: Length of every clip; must hold the longest word.
+        onset_window_seconds: The word starts uniformly within this many
+            seconds of the clip start (narrowed only if the word would not
+            fit in the clip).
+        snr_db: Range of the uniform background-noise SNR, relative to the
+            word's power.
+        val_speakers: Speakers held out for validation.
+        test_speakers: Speakers held out for testing.
+        seed: Root seed of every random draw.
+    """
+
+    num_speakers: int = 30
+    repetitions: int = 7
+    clip_seconds: float = 1.75
+    onset_window_seconds: float = 1.0
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    val_speakers: int = 5
+    test_speakers: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_speakers", "repetitions", "val_speakers", "test_speakers", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.num_speakers < 1:
+            raise ValueError(f"num_speakers must be >= 1, got {self.num_speakers}")
+        if self.repetitions < 1:
+            raise ValueError(f"repetitions must be >= 1, got {self.repetitions}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for name in ("val_speakers", "test_speakers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.val_speakers + self.test_speakers >= self.num_speakers:
+            raise ValueError(
+                "val_speakers + test_speakers must be < num_speakers so that training keeps a speaker, "
+                f"got {self.val_speakers} + {self.test_speakers} >= {self.num_speakers}"
+            )
+        clip = float(self.clip_seconds)
+        if not math.isfinite(clip) or clip < MAX_WORD_SECONDS:
+            raise ValueError(
+                f"clip_seconds must be >= {MAX_WORD_SECONDS:.3f} so the longest word fits, got {self.clip_seconds}"
+            )
+        object.__setattr__(self, "clip_seconds", clip)
+        window = float(self.onset_window_seconds)
+        if not math.isfinite(window) or window < 0:
+            raise ValueError(f"onset_window_seconds must be >= 0, got {self.onset_window_seconds}")
+        object.__setattr__(self, "onset_window_seconds", window)
+        try:
+            low, high = (float(v) for v in self.snr_db)
+        except (TypeError, ValueError):
+            raise ValueError(f"snr_db must be a (low, high) pair of numbers, got {self.snr_db!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+            raise ValueError(f"snr_db must be finite with low <= high, got {self.snr_db!r}")
+        object.__setattr__(self, "snr_db", (low, high))
+
+    @property
+    def num_clips(self) -> int:
+        """Total number of clips the configuration generates."""
+        return self.num_speakers * len(WORDS) * self.repetitions
+
+    @classmethod
+    def for_clip_count(cls, clips: int, **overrides: object) -> SyntheticCorpusConfig:
+        """Configuration with the fewest repetitions giving at least ``clips`` clips."""
+        speakers = int(overrides.get("num_speakers", cls.num_speakers))
+        if clips < 1:
+            raise ValueError(f"clips must be >= 1, got {clips}")
+        repetitions = max(1, math.ceil(clips / (max(speakers, 1) * len(WORDS))))
+        return cls(repetitions=repetitions, **overrides)  # type: ignore[arg-type]
+
+    def fingerprint(self) -> str:
+        """Stable hex digest of every parameter that influences the generated files."""
+        payload = {
+            "corpus": CORPUS_NAME,
+            "generator_version": GENERATOR_VERSION,
+            "sample_rate": SAMPLE_RATE,
+            "config": asdict(self),
+        }
+        encoded = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(encoded).hexdigest()
+
+
+@dataclass(frozen=True)
+class SpeakerProfile:
+    """Voice of one synthetic speaker.
+
+    Attributes:
+        index: Speaker number within the corpus.
+        register: ``"low"``, ``"mid"`` or ``"high"`` (male-, female- and
+            child-like voices).
+        f0: Base pitch in Hz.
+        formant_scale: Multiplier of every formant (inverse vocal-tract length).
+        duration_scale: Multiplier of every phone duration (> 1 is slower).
+        gain_db: Loudness offset of the speaker's words.
+        open_phase: Rosenberg pulse opening fraction of the glottal period.
+        close_phase: Rosenberg pulse closing fraction of the glottal period.
+        declination: Relative pitch fall from word start to word end.
+        jitter: Standard deviation of the slow relative pitch wander.
+        breathiness: Level of noise mixed into the glottal source.
+        tilt: One-pole low-pass coefficient on the glottal source (spectral tilt).
+    """
+
+    index: int
+    register: str
+    f0: float
+    formant_scale: float
+    duration_scale: float
+    gain_db: float
+    open_phase: float
+    close_phase: float
+    declination: float
+    jitter: float
+    breathiness: float
+    tilt: float
+
+
+_REGISTERS = (
+    ("low", (85.0, 145.0), (0.86, 0.96)),
+    ("mid", (160.0, 225.0), (0.97, 1.07)),
+    ("high", (215.0, 240.0), (1.06, 1.14)),
+)
+
+
+def speaker_profile(config: SyntheticCorpusConfig, speaker: int) -> SpeakerProfile:
+    """Deterministic voice of speaker ``speaker`` under ``config.seed``.
+
+    Registers cycle with the speaker index so that every split mixes low, mid
+    and high voices; the values within a register come from the seeded RNG.
+    """
+    if not 0 <= speaker < config.num_speakers:
+        raise ValueError(f"speaker must be in [0, {config.num_speakers}), got {speaker}")
+    rng = np.random.default_rng([config.seed, _SPEAKER_STREAM, speaker])
+    register, f0_range, scale_range = _REGISTERS[speaker % len(_REGISTERS)]
+    return SpeakerProfile(
+        index=speaker,
+        register=register,
+        f0=float(np.exp(rng.uniform(*np.log(f0_range)))),
+        formant_scale=float(rng.uniform(*scale_range)),
+        duration_scale=float(np.exp(rng.uniform(np.log(0.8), np.log(_MAX_DURATION_SCALE)))),
+        gain_db=float(rng.uniform(-6.0, 6.0)),
+        open_phase=float(rng.uniform(0.34, 0.46)),
+        close_phase=float(rng.uniform(0.10, 0.20)),
+        declination=float(rng.uniform(0.05, 0.12)),
+        jitter=float(rng.uniform(0.004, 0.012)),
+        breathiness=float(rng.uniform(0.01, 0.06)),
+        tilt=float(rng.uniform(0.0, 0.5)),
+    )
+
+
+def _step(x: np.ndarray) -> np.ndarray:
+    """Raised-cosine step: 0 below -0.5, 1 above 0.5."""
+    return 0.5 - 0.5 * np.cos(np.pi * np.clip(x + 0.5, 0.0, 1.0))
+
+
+def _boxes(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, values: np.ndarray, ramp: float) -> np.ndarray:
+    """Sum of rectangular pulses ``values[i]`` on ``[starts[i], ends[i])`` with raised-cosine edges."""
+    if len(values) == 0:
+        return np.zeros_like(t)
+    rise = _step((t[None, :] - starts[:, None]) / ramp)
+    fall = _step((t[None, :] - ends[:, None]) / ramp)
+    return np.asarray(values) @ (rise - fall)
+
+
+def _glide(t: np.ndarray, boundaries: np.ndarray, targets: np.ndarray, width: float) -> np.ndarray:
+    """Piecewise-constant ``targets`` (one row per segment) joined by raised-cosine glides at ``boundaries``."""
+    steps = _step((t[:, None] - boundaries[None, :]) / width)
+    return targets[0] + steps @ np.diff(targets, axis=0)
+
+
+def _rosenberg_derivative(phase: np.ndarray, open_phase: float, close_phase: float) -> np.ndarray:
+    """Differentiated Rosenberg glottal flow (flow plus lip radiation), unit RMS."""
+    frac = phase % 1.0
+    opening = 0.5 * (1.0 - np.cos(np.pi * np.minimum(frac / open_phase, 1.0)))
+    closing = np.cos(0.5 * np.pi * np.clip((frac - open_phase) / close_phase, 0.0, 1.0))
+    flow = np.where(frac < open_phase, opening, closing)
+    derivative = np.diff(flow, prepend=flow[0])
+    return derivative / (np.sqrt(np.mean(derivative**2)) + 1e-12)
+
+
+def _formant_cascade(source: np.ndarray, formants: np.ndarray, bandwidths: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Filter ``source`` through cascaded unity-DC-gain resonators updated every ``_BLOCK`` samples.
+
+    ``formants``/``bandwidths`` hold one row per block. The filter state is
+    carried across blocks, so slowly moving formants produce smooth glides.
+    """
+    radius = np.exp(-np.pi * bandwidths / sample_rate)
+    a1 = -2.0 * radius * np.cos(2.0 * np.pi * formants / sample_rate)
+    a2 = radius**2
+    sos = np.zeros(formants.shape + (6,))
+    sos[..., 0] = 1.0 + a1 + a2
+    sos[..., 3] = 1.0
+    sos[..., 4] = a1
+    sos[..., 5] = a2
+    out = np.empty_like(source)
+    state = np.zeros((formants.shape[1], 2))
+    for block, coefficients in enumerate(sos):
+        window = slice(block * _BLOCK, (block + 1) * _BLOCK)
+        out[window], state = signal.sosfilt(coefficients, source[window], zi=state)
+    return out
+
+
+def _band_sos(band: tuple[float, float], scale: float, sample_rate: int) -> np.ndarray:
+    """Band-pass filter for frication or burst noise, scaled to the speaker's vocal tract."""
+    nyquist = 0.5 * sample_rate
+    high = min(band[1] * scale, 0.94 * nyquist)
+    low = min(band[0] * scale, 0.7 * high)
+    return signal.butter(3, [low, high], btype="bandpass", fs=sample_rate, output="sos")
+
+
+def _shaped_noise(rng: np.random.Generator, length: int, sos: np.ndarray) -> np.ndarray:
+    """Unit-RMS Gaussian noise filtered by ``sos``."""
+    noise = signal.sosfilt(sos, rng.standard_normal(length + 256))[256:]
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
+def synthesize_segments(
+    segments: Sequence[str],
+    speaker: SpeakerProfile,
+    rng: np.random.Generator,
+    sample_rate: int = SAMPLE_RATE,
+) -> np.ndarray:
+    """Render a sequence of phone names (keys of ``PHONES``) as one utterance.
+
+    The result is float32 mono at ``speaker``'s loudness, with only the few
+    milliseconds of padding needed for the onset and offset ramps. Utterance
+    level variation (durations, pitch, formants, amplitudes) is drawn from
+    ``rng``.
+    """
+    unknown = [name for name in segments if name not in PHONES]
+    if unknown or not segments:
+        raise ValueError(f"segments must be a non-empty sequence of {sorted(PHONES)}, got {list(segments)!r}")
+    phones = [PHONES[name] for name in segments]
+    count = len(phones)
+
+    jitter = np.clip(rng.normal(0.0, _DURATION_JITTER, count), -_DURATION_JITTER_LIMIT, _DURATION_JITTER_LIMIT)
+    durations = np.array([p.duration for p in phones]) * speaker.duration_scale * np.exp(jitter)
+    edges = _WORD_PAD + np.concatenate([[0.0], np.cumsum(durations)])
+    starts, ends = edges[:-1], edges[1:]
+    length = int(math.ceil((edges[-1] + _WORD_PAD) * sample_rate))
+    length = -(-length // _BLOCK) * _BLOCK
+    t = np.arange(length) / sample_rate
+
+    utterance_scale = speaker.formant_scale * math.exp(rng.normal(0.0, 0.015))
+    targets = np.array([p.formants for p in phones]) * utterance_scale * np.exp(rng.normal(0.0, 0.02, (count, 1)))
+    targets = np.minimum(targets, 0.45 * sample_rate)
+    widths = np.array([p.bandwidths for p in phones]) * np.exp(rng.normal(0.0, 0.05, (count, 1)))
+    block_times = (np.arange(length // _BLOCK) + 0.5) * _BLOCK / sample_rate
+    formants = _glide(block_times, edges[1:-1], targets, _FORMANT_GLIDE)
+    bandwidths = _glide(block_times, edges[1:-1], widths, _FORMANT_GLIDE)
+
+    voicing = np.array([p.voicing for p in phones]) * np.exp(rng.normal(0.0, 0.08, count))
+    voicing_track = _boxes(t, starts, ends, voicing, _AMPLITUDE_RAMP)
+
+    f0_utterance = speaker.f0 * math.exp(rng.normal(0.0, 0.025))
+    decline = speaker.declination * rng.uniform(0.6, 1.4)
+    progress = np.clip((t - edges[0]) / (edges[-1] - edges[0]), 0.0, 1.0)
+    knots = np.arange(0.0, t[-1] + 0.05, 0.025)
+    wander = np.interp(t, knots, rng.normal(0.0, speaker.jitter, len(knots)))
+    f0 = np.clip(f0_utterance * (1.0 + decline * (0.5 - progress)) * (1.0 + wander), *_F0_RANGE)
+    phase = rng.uniform() + np.cumsum(f0) / sample_rate
+    glottal = _rosenberg_derivative(phase, speaker.open_phase, speaker.close_phase)
+    glottal = signal.lfilter([1.0 - speaker.tilt], [1.0, -speaker.tilt], glottal)
+    glottal /= np.sqrt(np.mean(glottal**2)) + 1e-12
+
+    stop_index = [i for i, p in enumerate(phones) if p.kind == "stop"]
+    stop_starts = np.array([starts[i] for i in stop_index])
+    stop_lengths = np.array([durations[i] for i in stop_index])
+    release = stop_starts + _STOP_CLOSURE * stop_lengths
+    aspiration_track = _boxes(
+        t,
+        release + 0.5 * _STOP_BURST * stop_lengths,
+        stop_starts + stop_lengths,
+        np.array([phones[i].aspiration for i in stop_index]),
+        0.5 * _AMPLITUDE_RAMP,
+    )
+
+    noise = rng.standard_normal(length)
+    source = voicing_track * (glottal + speaker.breathiness * 4.0 * noise) + aspiration_track * noise
+    voiced = _formant_cascade(source, formants, bandwidths, sample_rate)
+    reference = voiced[voicing_track > 0.5 * voicing.max()] if voicing.max() > 0 else voiced
+    voiced /= np.sqrt(np.mean(reference**2)) + 1e-12
+
+    out = voiced
+    for i, phone in enumerate(phones):
+        if phone.noise_band is None:
+            continue
+        sos = _band_sos(phone.noise_band, utterance_scale, sample_rate)
+        level = phone.noise_level * math.exp(rng.normal(0.0, 0.1))
+        if phone.kind == "fricative":
+            first, last = starts[i] - _AMPLITUDE_RAMP, ends[i] + _AMPLITUDE_RAMP
+            envelope_args = (starts[i:i + 1], ends[i:i + 1], np.array([level]), 2 * _AMPLITUDE_RAMP)
+        else:
+            j = stop_index.index(i)
+            first, last = release[j] - 0.002, release[j] + _STOP_BURST * stop_lengths[j] + 0.01
+            envelope_args = None
+        lo, hi = max(0, int(first * sample_rate)), min(length, int(math.ceil(last * sample_rate)))
+        span = t[lo:hi]
+        if envelope_args is not None:
+            envelope = _boxes(span, *envelope_args)
+        else:
+            since = span - release[j]
+            decay = _STOP_BURST * stop_lengths[j] / 3.0
+            envelope = level * 2.0 * _step(since / 0.002) * np.exp(-np.maximum(since, 0.0) / decay)
+        out[lo:hi] += envelope * _shaped_noise(rng, hi - lo, sos)
+
+    word_span = out[int(edges[0] * sample_rate):int(math.ceil(edges[-1] * sample_rate))]
+    gain = _WORD_RMS * 10.0 ** ((speaker.gain_db + rng.normal(0.0, 1.0)) / 20.0)
+    out *= gain / (np.sqrt(np.mean(word_span**2)) + 1e-12)
+    return out.astype(np.float32)
+
+
+def synthesize_word(
+    word: str,
+    speaker: SpeakerProfile,
+    rng: np.random.Generator,
+    sample_rate: int = SAMPLE_RATE,
+) -> np.ndarray:
+    """Render ``word`` (a key of ``WORDS``) alone, as float32 mono without noise or clip padding."""
+    if word not in WORDS:
+        raise ValueError(f"word must be one of {sorted(WORDS)}, got {word!r}")
+    return synthesize_segments(WORDS[word], speaker, rng, sample_rate)
+
+
+def _background_noise(rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarray:
+    """Unit-RMS noise with a random spectral slope between mildly coloured and pink."""
+    slope = rng.uniform(0.4, 1.1)
+    bins = length // 2 + 1
+    spectrum = rng.standard_normal(bins) + 1j * rng.standard_normal(bins)
+    frequencies = np.fft.rfftfreq(length, 1.0 / sample_rate)
+    spectrum *= np.maximum(frequencies, 60.0) ** (-0.5 * slope)
+    spectrum[0] = 0.0
+    noise = np.fft.irfft(spectrum, length)
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
+def _word_key(word: str) -> int:
+    """Stable integer identifying ``word`` in seed sequences."""
+    return zlib.crc32(word.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class RenderedClip:
+    """A synthesised clip with the layout it was rendered with."""
+
+    audio: np.ndarray
+    onset_seconds: float
+    word_seconds: float
+    snr_db: float
+
+
+def render_clip(config: SyntheticCorpusConfig, speaker: int, word: str, repetition: int) -> RenderedClip:
+    """Render one clip and report its word onset, word length and SNR."""
+    if word not in WORDS:
+        raise ValueError(f"word must be one of {sorted(WORDS)}, got {word!r}")
+    if repetition < 0:
+        raise ValueError(f"repetition must be >= 0, got {repetition}")
+    profile = speaker_profile(config, speaker)
+    rng = np.random.default_rng([config.seed, _CLIP_STREAM, speaker, _word_key(word), repetition])
+    voice = synthesize_word(word, profile, rng)
+    length = int(round(config.clip_seconds * SAMPLE_RATE))
+    latest = min(config.onset_window_seconds, (length - len(voice)) / SAMPLE_RATE)
+    start = min(int(round(rng.uniform(0.0, max(latest, 0.0)) * SAMPLE_RATE)), max(length - len(voice), 0))
+    snr = float(rng.uniform(*config.snr_db))
+    word_power = float(np.mean(voice.astype(np.float64) ** 2))
+    clip = _background_noise(rng, length, SAMPLE_RATE) * math.sqrt(word_power / 10.0 ** (snr / 10.0))
+    clip[start:start + len(voice)] += voice[: length - start]
+    peak = float(np.max(np.abs(clip)))
+    if peak > _PEAK_LIMIT:
+        clip *= _PEAK_LIMIT / peak
+    return RenderedClip(clip.astype(np.float32), start / SAMPLE_RATE, len(voice) / SAMPLE_RATE, snr)
+
+
+def synthesize_clip(config: SyntheticCorpusConfig, speaker: int, word: str, repetition: int) -> np.ndarray:
+    """Full float32 clip of ``word`` by ``speaker``: random onset, background noise, safe peak level.
+
+    Deterministic: depends only on ``config`` and the clip's coordinates.
+    """
+    return render_clip(config, speaker, word, repetition).audio
+
+
+def speaker_label(config: SyntheticCorpusConfig, speaker: int) -> str:
+    """Manifest name of a speaker, e.g. ``spk07``."""
+    width = max(2, len(str(config.num_speakers - 1)))
+    return f"spk{speaker:0{width}d}"
+
+
+def speaker_split(config: SyntheticCorpusConfig, speaker: int) -> str:
+    """Split of a speaker: the last speakers are test, the ones before them val, the rest train."""
+    train_end = config.num_speakers - config.val_speakers - config.test_speakers
+    if speaker < train_end:
+        return "train"
+    if speaker < train_end + config.val_speakers:
+        return "val"
+    return "test"
+
+
+def _clip_path(config: SyntheticCorpusConfig, speaker: int, word: str, repetition: int) -> str:
+    width = max(2, len(str(config.repetitions - 1)))
+    return f"{word}/{speaker_label(config, speaker)}_{word}_{repetition:0{width}d}.wav"
+
+
+def _write_speaker(config: SyntheticCorpusConfig, speaker: int, directory: str) -> list[tuple[str, str, str, str]]:
+    """Write every clip of one speaker under ``directory``; return their manifest rows."""
+    rows = []
+    label, split = speaker_label(config, speaker), speaker_split(config, speaker)
+    for word in WORDS:
+        for repetition in range(config.repetitions):
+            path = _clip_path(config, speaker, word, repetition)
+            audio = synthesize_clip(config, speaker, word, repetition)
+            sf.write(os.path.join(directory, path), audio, SAMPLE_RATE, subtype="PCM_16")
+            rows.append((path, word, label, split))
+    return rows
+
+
+def _read_manifest(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def corpus_is_current(root: str | os.PathLike, config: SyntheticCorpusConfig) -> bool:
+    """Whether ``root`` holds a complete corpus generated with ``config`` by this generator version."""
+    root = Path(root)
+    metadata, manifest = root / GENERATION_NAME, root / MANIFEST_NAME
+    if not (metadata.is_file() and manifest.is_file()):
+        return False
+    try:
+        recorded = json.loads(metadata.read_text())
+        rows = _read_manifest(manifest)
+    except (OSError, ValueError, csv.Error):
+        return False
+    if not isinstance(recorded, dict) or recorded.get("fingerprint") != config.fingerprint():
+        return False
+    if len(rows) != config.num_clips:
+        return False
+    return all(row.get("path") and (root / row["path"]).is_file() for row in rows)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid <= 2**22
+    return True
+
+
+def _remove_stale_siblings(root: Path) -> None:
+    """Delete temporary directories left next to ``root`` by generations that no longer run."""
+    for prefix in (f".{root.name}.tmp-", f".{root.name}.old-"):
+        for candidate in root.parent.glob(prefix + "*"):
+            suffix = candidate.name[len(prefix):]
+            if not suffix.isdigit() or not candidate.is_dir():
+                continue
+            pid = int(suffix)
+            if pid == os.getpid() or not _pid_alive(pid):
+                shutil.rmtree(candidate, ignore_errors=True)
+
+
+def generate_corpus(
+    root: str | os.PathLike,
+    config: SyntheticCorpusConfig = SyntheticCorpusConfig(),
+    num_workers: int | None = None,
+    progress: bool = False,
+) -> Path:
+    """Generate the corpus under ``root`` unless an identical one is already there; return the manifest path.
+
+    Layout: ``root/<word>/<speaker>_<word>_<rep>.wav`` (16 kHz mono PCM_16),
+    ``root/manifest.csv`` (``path,label,speaker,split``, paths relative to
+    ``root``, sorted by path) and ``root/generation.json`` (configuration,
+    fingerprint, splits and vocabulary).
+
+    Idempotent: a current corpus (same fingerprint, manifest and every file
+    present) is left untouched. Atomic: the corpus is built in a temporary
+    sibling directory, ``generation.json`` last, then swapped into place, so
+    an interrupted run never leaves a folder that looks complete.
+    """
+    root = Path(root)
+    manifest = root / MANIFEST_NAME
+    if corpus_is_current(root, config):
+        return manifest
+    if num_workers is not None and num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    workers = min(num_workers or os.cpu_count() or 1, config.num_speakers)
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(root)
+    staging = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    staging.mkdir()
+    started = time.perf_counter()
+    try:
+        for word in WORDS:
+            (staging / word).mkdir()
+        speakers = range(config.num_speakers)
+        rows: list[tuple[str, str, str, str]] = []
+        if workers == 1:
+            chunks = (_write_speaker(config, speaker, str(staging)) for speaker in speakers)
+            for done, chunk in enumerate(chunks, 1):
+                rows.extend(chunk)
+                _report(progress, done, config.num_speakers, started)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                chunks = pool.map(_write_speaker, [config] * len(speakers), speakers, [str(staging)] * len(speakers))
+                for done, chunk in enumerate(chunks, 1):
+                    rows.extend(chunk)
+                    _report(progress, done, config.num_speakers, started)
+        rows.sort()
+        with (staging / MANIFEST_NAME).open("w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(MANIFEST_COLUMNS)
+            writer.writerows(rows)
+        splits = {name: [speaker_label(config, s) for s in speakers if speaker_split(config, s) == name] for name in SPLITS}
+        metadata = {
+            "corpus": CORPUS_NAME,
+            "generator_version": GENERATOR_VERSION,
+            "fingerprint": config.fingerprint(),
+            "sample_rate": SAMPLE_RATE,
+            "num_clips": len(rows),
+            "config": asdict(config),
+            "splits": splits,
+            "words": {word: list(phones) for word, phones in WORDS.items()},
+            "order_pairs": [list(pair) for pair in ORDER_PAIRS],
+        }
+        (staging / GENERATION_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
+        _swap_into_place(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _swap_into_place(staging: Path, root: Path) -> None:
+    """Replace ``root`` by ``staging`` with renames, deleting the previous contents afterwards."""
+    retired = root.parent / f".{root.name}.old-{os.getpid()}"
+    if root.exists() or root.is_symlink():
+        if retired.exists():
+            shutil.rmtree(retired, ignore_errors=True)
+        root.rename(retired)
+    staging.rename(root)
+    if retired.exists():
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _report(enabled: bool, done: int, total: int, started: float) -> None:
+    if enabled:
+        elapsed = time.perf_counter() - started
+        print(f"[{CORPUS_NAME}] {done}/{total} speakers, {elapsed:.1f}s", file=sys.stderr, flush=True)

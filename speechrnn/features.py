@@ -1,0 +1,209 @@
+"""Feature settings and the MFCC front end shared by training, caching, inference and export.
+
+Training uses torchaudio's MFCC. :func:`librosa_mfcc` is the reference implementation; the two
+agree when librosa is called with the mapping below (checked in ``tests/test_features.py``):
+
+=====================  ==============================  =========================================
+setting                torchaudio ``MFCC``             librosa ``feature.mfcc``
+=====================  ==============================  =========================================
+window / hop (ms)      ``win_length``/``hop_length``   ``win_length``/``hop_length`` (samples)
+FFT size               next power of two >= window     same ``n_fft``
+padding                ``center=True``, reflect        ``center=True``, ``pad_mode="reflect"``
+mel filters            ``mel_scale="htk"``, no norm    ``htk=True``, ``norm=None``
+power to dB            ``AmplitudeToDB(top_db=80)``    ``power_to_db(ref=1, top_db=80)``
+DCT                    type II, orthonormal            ``dct_type=2``, ``norm="ortho"``
+deltas                 ``compute_deltas(win_length=5)``  ``delta(width=5, mode="nearest")``;
+                       applied twice for delta-deltas   applied twice (not ``order=2``)
+=====================  ==============================  =========================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torchaudio
+from torch import nn
+
+Normalization = Literal["utterance", "dataset", "none"]
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How audio becomes a feature sequence; stored in every checkpoint so inference matches training."""
+
+    sample_rate: int | None = None
+    """Audio is resampled to this rate (Hz) before analysis; None means the corpus's native rate
+    (16 kHz for synthetic-commands and Speech Commands, 8 kHz for FSDD)."""
+    n_mfcc: int = 40
+    """Number of cepstral coefficients kept."""
+    n_mels: int = 40
+    """Number of mel bands."""
+    win_ms: float = 25.0
+    """Analysis window length in milliseconds."""
+    hop_ms: float = 10.0
+    """Hop between frames in milliseconds (one feature frame per hop)."""
+    f_min: float = 20.0
+    """Lowest mel filter edge (Hz)."""
+    f_max: float | None = None
+    """Highest mel filter edge (Hz); None means the Nyquist frequency."""
+    deltas: int = 0
+    """0: MFCC only; 1: add deltas; 2: add deltas and delta-deltas."""
+    normalize: Normalization = "utterance"
+    """'utterance': zero mean and unit variance per clip and coefficient; 'dataset': per-coefficient
+    statistics of the training split; 'none': raw coefficients."""
+
+    def __post_init__(self) -> None:
+        if self.sample_rate is not None and self.sample_rate <= 0:
+            raise ValueError(f"features.sample_rate must be positive, got {self.sample_rate}")
+        if not 1 <= self.n_mfcc <= self.n_mels:
+            raise ValueError(f"features.n_mfcc must be in [1, n_mels={self.n_mels}], got {self.n_mfcc}")
+        if self.hop_ms <= 0 or self.win_ms < self.hop_ms:
+            raise ValueError(f"features.win_ms ({self.win_ms}) must be >= features.hop_ms ({self.hop_ms}) > 0")
+        nyquist = self.sample_rate / 2 if self.sample_rate else float("inf")
+        if self.f_max is not None and not self.f_min < self.f_max <= nyquist:
+            raise ValueError(f"features.f_max must be in (f_min, {nyquist}], got {self.f_max}")
+        if self.deltas not in (0, 1, 2):
+            raise ValueError(f"features.deltas must be 0, 1 or 2, got {self.deltas}")
+        if self.normalize not in ("utterance", "dataset", "none"):
+            raise ValueError(f"features.normalize must be utterance, dataset or none, got {self.normalize!r}")
+
+    def resolve(self, native_sample_rate: int) -> FeatureSettings:
+        """These settings with ``sample_rate`` filled in when it was left to the corpus."""
+        if self.sample_rate is not None:
+            return self
+        return dataclasses.replace(self, sample_rate=native_sample_rate)
+
+    @property
+    def rate(self) -> int:
+        if self.sample_rate is None:
+            raise ValueError("features.sample_rate is unresolved; call FeatureSettings.resolve(native_rate) first")
+        return self.sample_rate
+
+    @property
+    def win_length(self) -> int:
+        return round(self.rate * self.win_ms / 1000)
+
+    @property
+    def hop_length(self) -> int:
+        return round(self.rate * self.hop_ms / 1000)
+
+    @property
+    def n_fft(self) -> int:
+        return 1 << (self.win_length - 1).bit_length()
+
+    @property
+    def feature_dim(self) -> int:
+        return self.n_mfcc * (1 + self.deltas)
+
+    def num_frames(self, num_samples: int | torch.Tensor) -> Any:
+        """Frames produced for a clip of ``num_samples`` (centred STFT)."""
+        return num_samples // self.hop_length + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeatureSettings:
+        return cls(**values)
+
+
+def lengths_mask(lengths: torch.Tensor, max_len: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean ``(batch, max_len)`` mask, True on valid frames."""
+    lengths = lengths.to(device) if device is not None else lengths
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def normalize_utterances(features: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-clip, per-coefficient mean/variance normalisation over valid frames of ``(B, T, F)``.
+
+    Padding stays zero so it carries no information.
+    """
+    mask = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1).to(features.dtype)
+    count = mask.sum(1, keepdim=True).clamp_min(1)
+    mean = (features * mask).sum(1, keepdim=True) / count
+    centred = (features - mean) * mask
+    std = (centred.square().sum(1, keepdim=True) / count).sqrt()
+    return centred / (std + eps)
+
+
+class MFCCFrontend(nn.Module):
+    """Waveforms ``(B, samples)`` with ``lengths`` in samples -> features ``(B, T, F)`` and frame lengths.
+
+    Runs on whatever device the module is on, so the same code serves the cache builder (CPU),
+    on-accelerator features and exported models. Dataset normalisation is left to the caller,
+    which owns the training statistics.
+    """
+
+    def __init__(self, settings: FeatureSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.mfcc = torchaudio.transforms.MFCC(
+            sample_rate=settings.rate,
+            n_mfcc=settings.n_mfcc,
+            log_mels=False,
+            melkwargs={
+                "n_fft": settings.n_fft,
+                "win_length": settings.win_length,
+                "hop_length": settings.hop_length,
+                "n_mels": settings.n_mels,
+                "f_min": settings.f_min,
+                "f_max": settings.f_max,
+                "center": True,
+                "pad_mode": "reflect",
+                "mel_scale": "htk",
+                "norm": None,
+            },
+        )
+
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if lengths is None:
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[-1], dtype=torch.int64)
+        # (B, 1, samples) makes AmplitudeToDB apply top_db per clip rather than per batch.
+        coeffs = self.mfcc(waveforms.float().unsqueeze(1)).squeeze(1)  # (B, n_mfcc, T)
+        parts = [coeffs]
+        for _ in range(self.settings.deltas):
+            parts.append(torchaudio.functional.compute_deltas(parts[-1], win_length=5))
+        features = torch.cat(parts, dim=1).transpose(1, 2).contiguous()
+        frame_lengths = torch.clamp(self.settings.num_frames(lengths.cpu()), max=features.shape[1]).to(torch.int64)
+        if self.settings.normalize == "utterance":
+            features = normalize_utterances(features, frame_lengths)
+        else:
+            features = features * lengths_mask(frame_lengths, features.shape[1], features.device).unsqueeze(-1)
+        return features, frame_lengths
+
+
+def librosa_mfcc(waveform: np.ndarray, settings: FeatureSettings) -> np.ndarray:
+    """Reference MFCC ``(T, F)`` computed with librosa using the mapping in the module docstring."""
+    import librosa
+
+    mel_power = librosa.feature.melspectrogram(
+        y=np.asarray(waveform, dtype=np.float32),
+        sr=settings.rate,
+        n_fft=settings.n_fft,
+        win_length=settings.win_length,
+        hop_length=settings.hop_length,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+        n_mels=settings.n_mels,
+        fmin=settings.f_min,
+        fmax=settings.f_max,
+        htk=True,
+        norm=None,
+    )
+    log_mel = librosa.power_to_db(mel_power, ref=1.0, amin=1e-10, top_db=80.0)
+    coeffs = librosa.feature.mfcc(S=log_mel, n_mfcc=settings.n_mfcc, dct_type=2, norm="ortho", lifter=0)
+    parts = [coeffs]
+    for _ in range(settings.deltas):
+        parts.append(librosa.feature.delta(parts[-1], width=5, mode="nearest"))
+    features = np.concatenate(parts, axis=0).T
+    if settings.normalize == "utterance":
+        features = (features - features.mean(0)) / (features.std(0) + 1e-5)
+    return features.astype(np.float32)

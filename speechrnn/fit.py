@@ -1,0 +1,60 @@
+"""``python -m speechrnn.fit``: train, test the best checkpoint, write ``test_metrics.json`` and the
+test split's evaluation report (``report_test/``) into the run folder.
+
+With no arguments it trains a bidirectional GRU on the embedded synthetic-commands corpus.
+Every LightningCLI option works (``--help``); ``--config lightning_logs/version_N/config.yaml``
+replays a run and ``--ckpt_path last`` resumes one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from speechrnn.cli import SpeechRNNCLI
+from speechrnn.evaluate import report_split
+from speechrnn.io import atomic_write_json
+
+
+def run_folder(trainer: Any) -> Path:
+    """The run's folder (``lightning_logs/version_N``), where config, checkpoints and reports go."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def resolve_checkpoint(ckpt_path: str | None, trainer: Any) -> str | None:
+    """``last`` means the newest ``last.ckpt`` among earlier runs under the same root (a resumed run
+    gets a new run folder of its own); any other value is passed to Lightning as is."""
+    if ckpt_path != "last":
+        return ckpt_path
+    current = run_folder(trainer).resolve()
+    candidates = [
+        path
+        for path in Path(trainer.default_root_dir).glob("lightning_logs/version_*/checkpoints/last.ckpt")
+        if path.parents[1].resolve() != current
+    ]
+    if not candidates:
+        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under {trainer.default_root_dir}/lightning_logs/")
+    return str(max(candidates, key=lambda path: path.stat().st_mtime_ns))
+
+
+def main(args: list[str] | None = None) -> dict[str, float]:
+    cli = SpeechRNNCLI(args=args)
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_checkpoint(cli.config.get("ckpt_path"), trainer))
+    best = cli.best_checkpoint.best_model_path if trainer.checkpoint_callback else ""
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+    metrics = {key: float(value) for key, value in (results[0] if results else {}).items()}
+    if trainer.is_global_zero:
+        folder = run_folder(trainer)
+        atomic_write_json(folder / "test_metrics.json", {"checkpoint": best or None, "metrics": metrics})
+        if model.hparams.task == "classification":
+            device = trainer.strategy.root_device
+            report = report_split(model, datamodule, "test", folder / "report_test", device, {"checkpoint": best})
+            print(f"test accuracy {report['accuracy']:.4f}; report in {folder / 'report_test'}")
+        print(f"run folder: {folder}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,234 @@
+"""``RNNClassifier``: the LightningModule that trains a :class:`SequenceClassifierNet`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.utilities import grad_norm
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from speechrnn.models.encoder import Cell
+from speechrnn.models.network import SequenceClassifierNet
+from speechrnn.models.pooling import Pooling
+
+Task = Literal["classification", "regression"]
+Scheduler = Literal["onecycle", "cosine", "none"]
+
+
+class RNNClassifier(pl.LightningModule):
+    """Recurrent sequence classifier (or many-to-one regressor) with its loss, metrics and optimiser.
+
+    ``model(features, lengths) -> logits (batch, num_classes)`` with ``features (batch, time,
+    input_size)`` and ``lengths (batch,)`` int64 on the CPU. Checkpoints carry ``data_config``
+    (label names, feature settings, normalisation statistics), so a checkpoint alone can classify
+    a new recording (see :mod:`speechrnn.inference`).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        num_classes: int,
+        cell: Cell = "gru",
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        bidirectional: bool = True,
+        dropout: float = 0.1,
+        pooling: Pooling = "mean",
+        input_norm: bool = False,
+        packed: bool = False,
+        task: Task = "classification",
+        lr: float = 3e-3,
+        weight_decay: float = 0.01,
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        scheduler: Scheduler = "onecycle",
+        warmup_fraction: float = 0.1,
+        class_names: list[str] | None = None,
+    ) -> None:
+        """
+        Args:
+            input_size: Feature size per frame (linked from the DataModule's ``feature_dim``).
+            num_classes: Number of classes (linked from the DataModule); outputs for regression.
+            cell: Recurrent cell: ``rnn`` (tanh), ``gru`` or ``lstm``.
+            hidden_size: Hidden units per direction and layer.
+            num_layers: Stacked recurrent layers.
+            bidirectional: Read each sequence in both directions.
+            dropout: Dropout between recurrent layers and before the head.
+            pooling: How frames are summarised: ``mean``, ``last``, ``max`` or ``attention``.
+            input_norm: LayerNorm over each input frame.
+            packed: Pack sequences instead of the exact padded path (same result; skips padded
+                compute, which pays off on GPUs with batches of very mixed lengths).
+            task: ``classification`` (cross-entropy) or ``regression`` (mean squared error).
+            lr: Peak learning rate of AdamW.
+            weight_decay: AdamW weight decay (not applied to biases and norms).
+            label_smoothing: Cross-entropy label smoothing.
+            class_weights: Optional per-class loss weights.
+            scheduler: Learning-rate schedule per step: ``onecycle``, ``cosine`` (linear warm-up
+                then cosine decay) or ``none``.
+            warmup_fraction: Fraction of training steps spent warming up.
+            class_names: Label names in class-index order (linked from the DataModule).
+        """
+        super().__init__()
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task must be classification or regression, got {task!r}")
+        if scheduler not in ("onecycle", "cosine", "none"):
+            raise ValueError(f"scheduler must be onecycle, cosine or none, got {scheduler!r}")
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"class_weights has {len(class_weights)} entries for {num_classes} classes")
+        self.save_hyperparameters()
+        self.net = SequenceClassifierNet(
+            input_size, num_classes, cell, hidden_size, num_layers, bidirectional, dropout, pooling, input_norm, packed
+        )
+        self.data_config: dict[str, Any] = {"class_names": class_names}
+        if class_weights is not None:
+            self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
+        else:
+            self.class_weights = None
+        self.train_metrics = self._make_metrics("train")
+        self.val_metrics = self._make_metrics("val")
+        self.test_metrics = self._make_metrics("test")
+
+    def _make_metrics(self, stage: str) -> MetricCollection:
+        if self.hparams.task == "regression":
+            metrics = {"mae": MeanAbsoluteError(), "mse": MeanSquaredError()}
+        else:
+            n = self.hparams.num_classes
+            metrics = {"acc": MulticlassAccuracy(n, average="micro"), "f1": MulticlassF1Score(n, average="macro")}
+        return MetricCollection(metrics, prefix=f"{stage}/")
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.net(features, lengths)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move everything but ``lengths`` (batch[1]), which stays on the CPU for packing."""
+        if isinstance(batch, (tuple, list)) and len(batch) > 1:
+            moved = super().transfer_batch_to_device([batch[0], *batch[2:]], device, dataloader_idx)
+            return (moved[0], batch[1], *moved[1:])
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.hparams.task == "regression":
+            return F.mse_loss(outputs.float().squeeze(-1), targets.float().view(outputs.shape[0], -1).squeeze(-1))
+        return F.cross_entropy(
+            outputs.float(), targets, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
+        )
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        features, lengths, targets = batch[:3]
+        outputs = self(features, lengths)
+        loss = self.loss(outputs, targets)
+        batch_size = features.shape[0]
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=stage != "train",
+        )
+        metrics = getattr(self, f"{stage}_metrics")
+        predictions = outputs.float().squeeze(-1) if self.hparams.task == "regression" else outputs
+        metrics.update(predictions, targets.float() if self.hparams.task == "regression" else targets)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        features, lengths = batch[0], batch[1]
+        outputs = self(features, lengths).float()
+        result = {"outputs": outputs if self.hparams.task == "regression" else outputs.softmax(-1)}
+        if len(batch) > 3:
+            result["indices"] = batch[3]
+        return result
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the gradient norm before clipping, so exploding gradients are visible."""
+        norms = grad_norm(self, norm_type=2)
+        if norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+
+    def configure_optimizers(self) -> Any:
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        if self.hparams.scheduler == "none":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(self.hparams.warmup_fraction * total))
+        if self.hparams.scheduler == "onecycle" and total >= 4:  # OneCycleLR needs room for both phases
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=self.hparams.lr, total_steps=total, pct_start=min(0.5, max(2, warmup) / total)
+            )
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "data_config"):
+            self.data_config = datamodule.data_config
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["data_config"] = self.data_config
+        checkpoint["rng_states"] = collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.data_config = checkpoint.get("data_config", self.data_config)
+        self._resumed_rng_states = checkpoint.get("rng_states")
+
+    def on_train_epoch_start(self) -> None:
+        """After a resume, continue the random streams (dropout) where the interrupted run left them,
+        so the resumed run matches an uninterrupted one."""
+        states = getattr(self, "_resumed_rng_states", None)
+        if states is not None:
+            restore_rng_states(states)
+            self._resumed_rng_states = None
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.data_config.get("class_names") or self.hparams.class_names
+        return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """torch's random states (dropout draws from them; batch order has its own seeded generator)."""
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class WarmupCosine:
+    """Linear warm-up to 1, then cosine decay to 0 (a picklable LambdaLR factor)."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))

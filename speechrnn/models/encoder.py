@@ -1,0 +1,125 @@
+"""The recurrent encoder: stacked RNN/GRU/LSTM layers, one module per direction, exact under padding.
+
+Each layer holds one single-direction ``nn.RNN``/``nn.GRU``/``nn.LSTM`` per direction, so the
+recurrences are PyTorch's (cuDNN on GPU, oneDNN on CPU) with their documented equations, e.g. the
+vanilla cell ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (``b_h = b_ih + b_hh``).
+
+Padding never changes a valid output, without packing: the forward direction reads each sequence
+from its first frame, so padding after the end is only seen after every valid step; the backward
+direction reads each sequence reversed *within its own length* (then its outputs are reversed
+back), so it too starts at the true last frame. ``packed=True`` instead packs sequences, which
+skips the compute spent on padding; both paths give the same valid outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+Cell = Literal["rnn", "gru", "lstm"]
+CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each ``(batch, time, ...)`` sequence over its first ``lengths[b]`` frames; padding
+    stays in place. The operation is its own inverse."""
+    steps = torch.arange(x.shape[1], device=x.device)
+    lengths = lengths.to(x.device)[:, None]
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+class RecurrentEncoder(nn.Module):
+    """Stacked (optionally bidirectional) recurrent layers over ``(batch, time, features)``.
+
+    ``forward`` returns outputs ``(batch, time, num_directions * hidden_size)`` whose padded frames
+    are zero; the backward direction's output at frame ``t`` summarises frames ``t..length-1``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        cell: Cell = "gru",
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        packed: bool = False,
+    ) -> None:
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
+        if num_layers < 1 or hidden_size < 1:
+            raise ValueError(f"num_layers and hidden_size must be >= 1, got {num_layers} and {hidden_size}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.cell = cell
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        self.packed = packed
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                CELLS[cell](
+                    input_size if layer == 0 else hidden_size * self.num_directions, hidden_size, batch_first=True
+                )
+                for _ in range(self.num_directions)
+            )
+            for layer in range(num_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size * self.num_directions
+
+    @staticmethod
+    def _run(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor, state: State | None, packed: bool):
+        if not packed:
+            return rnn(x, state)
+        sequence = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        output, new_state = rnn(sequence, state)
+        output, _ = pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])
+        return output, new_state
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        states: list[State] | None = None,
+        return_states: bool = False,
+    ) -> tuple[torch.Tensor, list[State] | None]:
+        """Encode ``x: (batch, time, input_size)`` with ``lengths: (batch,)`` int64 (CPU).
+
+        ``states`` (unidirectional only) are each layer's hidden state from a previous chunk, for
+        streaming; with ``return_states`` the states after each sequence's last valid frame are
+        returned too (``(h, c)`` pairs for LSTMs, each ``(1, batch, hidden)``).
+        """
+        if states is not None and self.bidirectional:
+            raise ValueError("a bidirectional encoder cannot carry state between chunks: it needs the future")
+        full = bool((lengths == x.shape[1]).all())
+        # An LSTM's cell state is not among its outputs, so only packing gives it at ragged ends.
+        packed = self.packed or (return_states and self.cell == "lstm" and not full)
+        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)
+        final_states: list[State] = []
+        for depth, directions in enumerate(self.layers):
+            if depth > 0:
+                x = self.dropout(x)
+            state = None if states is None else states[depth]
+            forward_out, forward_state = self._run(directions[0], x, lengths, state, packed)
+            if self.bidirectional:
+                backward_out, _ = self._run(directions[1], reverse_within_length(x, lengths), lengths, None, packed)
+                x = torch.cat([forward_out, reverse_within_length(backward_out, lengths)], dim=-1)
+            else:
+                x = forward_out
+            x = x * mask
+            if return_states:
+                if not (packed or full):
+                    last = (lengths.to(x.device) - 1).clamp_min(0)
+                    forward_state = forward_out[torch.arange(x.shape[0], device=x.device), last].unsqueeze(0)
+                final_states.append(forward_state)
+        return x, (final_states if return_states else None)

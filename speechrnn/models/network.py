@@ -1,0 +1,42 @@
+"""The plain ``nn.Module`` sequence classifier: input norm -> recurrent encoder -> pooling -> head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from speechrnn.models.encoder import Cell, RecurrentEncoder
+from speechrnn.models.pooling import Pooling, SequencePooling
+
+
+class SequenceClassifierNet(nn.Module):
+    """Many-to-one recurrent network: ``(features (B, T, F), lengths (B,)) -> outputs (B, num_outputs)``.
+
+    With ``pooling="last"`` and one vanilla layer this is exactly the textbook model
+    ``h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h)``, ``y = W_hy h_T + b_y`` (see ``RecurrentEncoder``).
+    Importable without Lightning, e.g. to embed in another model or export.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        num_outputs: int,
+        cell: Cell = "gru",
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        pooling: Pooling = "mean",
+        input_norm: bool = False,
+        packed: bool = False,
+    ) -> None:
+        super().__init__()
+        self.input_norm = nn.LayerNorm(input_size) if input_norm else nn.Identity()
+        self.encoder = RecurrentEncoder(input_size, hidden_size, num_layers, cell, bidirectional, dropout, packed)
+        self.pooling = SequencePooling(pooling, self.encoder.output_size, self.encoder.num_directions)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.encoder.output_size, num_outputs)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        outputs, _ = self.encoder(self.input_norm(features), lengths)
+        return self.head(self.dropout(self.pooling(outputs, lengths)))

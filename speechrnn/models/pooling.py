@@ -1,0 +1,57 @@
+"""Masked pooling over time: padding never counts towards the sequence summary."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+Pooling = Literal["mean", "last", "max", "attention"]
+POOLINGS: tuple[str, ...] = ("mean", "last", "max", "attention")
+
+
+def time_mask(lengths: torch.Tensor, max_len: int, device: torch.device) -> torch.Tensor:
+    """``(batch, max_len, 1)`` boolean mask, True on valid frames."""
+    return (torch.arange(max_len, device=device)[None, :] < lengths.to(device)[:, None]).unsqueeze(-1)
+
+
+class SequencePooling(nn.Module):
+    """Summarise encoder outputs ``(batch, time, D * H)`` into ``(batch, D * H)``.
+
+    - ``mean``: average of the valid frames.
+    - ``max``: per-feature maximum over the valid frames.
+    - ``last``: the forward direction's state at each sequence's true last frame, and (when
+      bidirectional) the backward direction's state at the first frame, each having read the
+      whole sequence: the classic many-to-one readout ``y = W_hy h_T + b_y``.
+    - ``attention``: additive attention, ``a_t = softmax_t(v^T tanh(W h_t + b))`` over valid
+      frames, output ``sum_t a_t h_t``.
+    """
+
+    def __init__(self, mode: Pooling, size: int, num_directions: int, attention_size: int = 64) -> None:
+        super().__init__()
+        if mode not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {mode!r}")
+        self.mode = mode
+        self.num_directions = num_directions
+        if mode == "attention":
+            self.score = nn.Sequential(
+                nn.Linear(size, attention_size), nn.Tanh(), nn.Linear(attention_size, 1, bias=False)
+            )
+
+    def forward(self, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = time_mask(lengths, outputs.shape[1], outputs.device)
+        if self.mode == "mean":
+            return (outputs * mask).sum(1) / lengths.to(outputs.device, outputs.dtype).clamp_min(1)[:, None]
+        if self.mode == "max":
+            return outputs.masked_fill(~mask, torch.finfo(outputs.dtype).min).amax(1)
+        if self.mode == "last":
+            rows = torch.arange(outputs.shape[0], device=outputs.device)
+            last = outputs[rows, (lengths.to(outputs.device) - 1).clamp_min(0)]
+            if self.num_directions == 1:
+                return last
+            hidden = outputs.shape[-1] // 2
+            return torch.cat([last[:, :hidden], outputs[:, 0, hidden:]], dim=-1)
+        scores = self.score(outputs).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores.float(), dim=1).to(outputs.dtype)
+        return (weights * outputs).sum(1)

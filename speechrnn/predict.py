@@ -1,0 +1,78 @@
+"""``python -m speechrnn.predict --ckpt PATH FILE_OR_DIR ...``: classify audio files with a checkpoint.
+
+Each file is read at any sample rate, mono or stereo, and featurised exactly as in training (the
+settings come from the checkpoint). A file that cannot be used gets a one-line error naming it
+and the rest continue; the exit status is 1 when any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from speechrnn.audio import AudioError
+from speechrnn.data.folder import AUDIO_EXTENSIONS
+from speechrnn.inference import Predictor
+
+
+def expand(inputs: list[Path]) -> Iterator[Path]:
+    """Files as given; folders expanded to the audio files below them, sorted."""
+    for item in inputs:
+        if item.is_dir():
+            yield from sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        else:
+            yield item
+
+
+def predict(
+    ckpt: Path,
+    inputs: list[Path],
+    top_k: int = 3,
+    format: Literal["table", "jsonl"] = "table",
+    device: str = "cpu",
+) -> int:
+    """Classify audio files and print the ``top_k`` labels of each.
+
+    Args:
+        ckpt: Checkpoint written by ``python -m speechrnn.fit``.
+        inputs: Audio files or folders of audio files.
+        top_k: Labels printed per file, most likely first.
+        format: ``table`` (aligned text) or ``jsonl`` (one JSON object per file).
+        device: Torch device to run on.
+
+    Returns:
+        The process exit status: 0 when every file was classified, 1 otherwise.
+    """
+    predictor = Predictor.from_checkpoint(ckpt, device)
+    failures = 0
+    for path in expand([Path(p) for p in inputs]):
+        try:
+            ranked = list(predictor.predict_file(path).items())[: max(1, top_k)]
+        except AudioError as error:
+            failures += 1
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        if format == "jsonl":
+            print(json.dumps({"path": str(path), "top": [{"label": k, "probability": v} for k, v in ranked]}))
+        else:
+            print(f"{path}\t" + "\t".join(f"{label} {probability:.4f}" for label, probability in ranked))
+    return 1 if failures else 0
+
+
+def main(args: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m speechrnn.predict", description=__doc__)
+    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by python -m speechrnn.fit")
+    parser.add_argument("inputs", type=Path, nargs="+", metavar="FILE_OR_DIR", help="audio files or folders of them")
+    parser.add_argument("--top-k", type=int, default=3, help="labels printed per file, most likely first (default 3)")
+    parser.add_argument("--format", choices=["table", "jsonl"], default="table", help="output format (default table)")
+    parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+    config = parser.parse_args(args)
+    return predict(config.ckpt, config.inputs, config.top_k, config.format, config.device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Evaluation reports: scikit-learn metrics, calibration, confusions, per-speaker accuracy, files.
+
+:func:`write_report` writes, atomically, into one folder: ``report.md`` (readable summary),
+``report.json`` (every number), ``classification_report.txt`` (per-class precision, recall, F1,
+support), ``confusion_matrix.csv`` and ``.png`` (row-normalised) and ``predictions.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    classification_report,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+)
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from speechrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def compute_metrics(
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    speakers: Sequence[str | None] | None = None,
+    top_confusions: int = 10,
+) -> dict[str, Any]:
+    """All report numbers for ``targets (N,)`` class indices and ``probabilities (N, C)``."""
+    labels = np.arange(len(class_names))
+    predictions = probabilities.argmax(1)
+    matrix = confusion_matrix(targets, predictions, labels=labels)
+    off_diagonal = [(int(matrix[i, j]), i, j) for i in labels for j in labels if i != j and matrix[i, j] > 0]
+    confusions = [
+        {"true": class_names[i], "predicted": class_names[j], "count": count, "rate": count / max(1, matrix[i].sum())}
+        for count, i, j in sorted(off_diagonal, key=lambda item: (-item[0], item[1], item[2]))[:top_confusions]
+    ]
+    metrics: dict[str, Any] = {
+        "examples": int(len(targets)),
+        "accuracy": float(accuracy_score(targets, predictions)),
+        "balanced_accuracy": float(balanced_accuracy_score(targets, predictions)),
+        "macro_f1": float(f1_score(targets, predictions, labels=labels, average="macro", zero_division=0)),
+        "cohen_kappa": float(cohen_kappa_score(targets, predictions, labels=labels)),
+        "log_loss": float(log_loss(targets, np.clip(probabilities, 1e-12, 1.0), labels=labels)),
+        "expected_calibration_error": float(
+            multiclass_calibration_error(
+                torch.as_tensor(probabilities, dtype=torch.float32),
+                torch.as_tensor(targets),
+                num_classes=len(class_names),
+                n_bins=15,
+                norm="l1",
+            )
+        ),
+        "top_confusions": confusions,
+        "per_class": classification_report(
+            targets, predictions, labels=labels, target_names=list(class_names), output_dict=True, zero_division=0
+        ),
+        "confusion_matrix": matrix.tolist(),
+        "class_names": list(class_names),
+    }
+    if speakers is not None and all(s is not None for s in speakers):
+        speakers = np.asarray(speakers)
+        metrics["per_speaker_accuracy"] = {
+            str(s): float(np.mean(predictions[speakers == s] == targets[speakers == s])) for s in sorted(set(speakers))
+        }
+    return metrics
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> bytes:
+    """PNG of the row-normalised confusion matrix; sized and labelled to stay readable with 35+ classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    rows = matrix.sum(1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+    size = max(5.0, 0.32 * n + 2.5)
+    figure, axes = plt.subplots(figsize=(size + 1.2, size))
+    image = axes.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(n), labels=class_names, rotation=90 if n > 12 else 45, ha="center" if n > 12 else "right")
+    axes.set_yticks(range(n), labels=class_names)
+    font = 9 if n <= 15 else 7 if n <= 40 else 5
+    axes.tick_params(labelsize=font)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    colour = "white" if normalised[i, j] > 0.5 else "black"
+                    axes.text(
+                        j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=font - 1, color=colour
+                    )
+    axes.set_xlabel("predicted label")
+    axes.set_ylabel("true label")
+    axes.set_title(title or "confusion matrix (rows normalised to 1)")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _markdown(metrics: dict[str, Any], title: str) -> str:
+    lines = [f"# {title}", "", f"{metrics['examples']} examples, {len(metrics['class_names'])} classes.", ""]
+    lines += ["| metric | value |", "|---|---:|"]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "cohen_kappa", "log_loss", "expected_calibration_error"):
+        lines.append(f"| {key.replace('_', ' ')} | {metrics[key]:.4f} |")
+    if metrics["top_confusions"]:
+        lines += ["", "## Most frequent confusions", "", "| true | predicted | count | rate |", "|---|---|---:|---:|"]
+        lines += [
+            f"| {c['true']} | {c['predicted']} | {c['count']} | {c['rate']:.3f} |" for c in metrics["top_confusions"]
+        ]
+    if "per_speaker_accuracy" in metrics:
+        lines += ["", "## Accuracy per speaker", "", "| speaker | accuracy |", "|---|---:|"]
+        lines += [f"| {s} | {a:.4f} |" for s, a in metrics["per_speaker_accuracy"].items()]
+    lines += ["", "Per-class precision, recall and F1: `classification_report.txt`; every number: `report.json`;",
+              "confusion matrix: `confusion_matrix.png` / `.csv`; each prediction: `predictions.csv`.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    paths: Sequence[str] | None = None,
+    speakers: Sequence[str | None] | None = None,
+    title: str = "Evaluation report",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compute the metrics and write every report file into ``out_dir``; returns the metrics."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = np.asarray(targets)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    metrics = compute_metrics(targets, probabilities, class_names, speakers)
+    metrics.update(extra or {})
+    atomic_write_json(out / "report.json", metrics)
+    atomic_write_text(out / "report.md", _markdown(metrics, title))
+    atomic_write_text(
+        out / "classification_report.txt",
+        classification_report(
+            targets, probabilities.argmax(1), labels=np.arange(len(class_names)), target_names=list(class_names),
+            digits=4, zero_division=0,
+        ),
+    )  # fmt: skip
+    matrix = np.asarray(metrics["confusion_matrix"])
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["true\\predicted", *class_names])
+    writer.writerows([[name, *row] for name, row in zip(class_names, matrix.tolist(), strict=True)])
+    atomic_write_text(out / "confusion_matrix.csv", table.getvalue())
+    atomic_write_bytes(out / "confusion_matrix.png", plot_confusion_matrix(matrix, class_names, title))
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["path", "true_label", "predicted_label", "probability", "speaker"])
+    predictions = probabilities.argmax(1)
+    for i in range(len(targets)):
+        writer.writerow([
+            paths[i] if paths is not None else i,
+            class_names[targets[i]],
+            class_names[predictions[i]],
+            f"{probabilities[i, predictions[i]]:.6f}",
+            (speakers[i] or "") if speakers is not None else "",
+        ])  # fmt: skip
+    atomic_write_text(out / "predictions.csv", table.getvalue())
+    return metrics

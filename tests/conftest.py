@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny corpora synthesised on the fly with seeded generators (no global RNG)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+CLASSES = ("up", "down", "flat")
+
+
+def chirp(kind: str, seconds: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A harmonic sweep whose pitch rises, falls or stays: order-dependent, tiny, and clearly labelled."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    start, end = {"up": (150, 300), "down": (300, 150), "flat": (220, 220)}[kind]
+    f0 = np.linspace(start, end, len(t)) * rng.uniform(0.95, 1.05)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    wave = sum(np.sin(k * phase) / k for k in range(1, 5)) * np.hanning(len(t))
+    return (0.3 * wave + 0.005 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def write_corpus(
+    root: Path, speakers: int = 4, per_class: int = 2, sample_rate: int = 16000, stereo_every: int = 0
+) -> Path:
+    """``root/<class>/<speaker>_<n>.wav`` with varied lengths; returns a manifest with speakers."""
+    rng = np.random.default_rng(1234)
+    rows = []
+    for label in CLASSES:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for speaker in range(speakers):
+            for n in range(per_class):
+                wave = chirp(label, rng.uniform(0.15, 0.45), sample_rate, rng)
+                if stereo_every and (speaker + n) % stereo_every == 0:
+                    wave = np.stack([wave, 0.5 * wave], axis=1)
+                path = root / label / f"spk{speaker}_{n}.wav"
+                sf.write(path, wave, sample_rate)
+                rows.append((f"{label}/{path.name}", label, f"spk{speaker}"))
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "speaker"])
+        writer.writerows(rows)
+    return manifest
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    """Manifest of a 3-class, 6-speaker corpus at 16 kHz (some clips stereo)."""
+    return write_corpus(tmp_path / "corpus", speakers=6, per_class=2, stereo_every=3)

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speechrnn.data import AudioFolderDataModule, MemmapFeatureCache
+from speechrnn.data.cache import ConcatenatedFeatureStore, cache_key
+from speechrnn.features import FeatureSettings
+
+
+def cache_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def test_cache_is_built_once_and_reused(tiny_corpus: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=cache)
+    first.setup("fit")
+    [folder] = cache_dirs(cache)
+    stamp = (folder / "frames.f32").stat().st_mtime_ns
+    second = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=cache)
+    second.setup("fit")
+    assert cache_dirs(cache) == [folder]
+    assert (folder / "frames.f32").stat().st_mtime_ns == stamp
+    assert isinstance(second.store.frames, np.memmap)
+    np.testing.assert_array_equal(first.store[5], second.store[5])
+
+
+def test_changing_a_setting_or_a_file_makes_a_new_cache(tiny_corpus: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    AudioFolderDataModule(manifest=tiny_corpus, cache_dir=cache).setup("fit")
+    AudioFolderDataModule(manifest=tiny_corpus, cache_dir=cache, features=FeatureSettings(n_mfcc=20)).setup("fit")
+    assert len(cache_dirs(cache)) == 2
+    some_file = next(tiny_corpus.parent.glob("up/*.wav"))
+    os.utime(some_file, ns=(1, 1))
+    AudioFolderDataModule(manifest=tiny_corpus, cache_dir=cache).setup("fit")
+    assert len(cache_dirs(cache)) == 3
+
+
+def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path: Path) -> None:
+    def results():
+        yield np.ones((3, 2), np.float32)
+        raise KeyboardInterrupt
+
+    target = tmp_path / "cache" / "corpus-abc"
+    with pytest.raises(KeyboardInterrupt):
+        MemmapFeatureCache.build(target, ["a", "b"], results(), feature_dim=2)
+    assert not target.exists() and not MemmapFeatureCache.exists(target)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_memmap_cache_round_trip_and_skipped_rows(tmp_path: Path) -> None:
+    arrays = [np.arange(6, dtype=np.float32).reshape(3, 2), np.ones((1, 2), np.float32)]
+    error = ValueError("broken")
+    cache = MemmapFeatureCache.build(tmp_path / "c", ["a", "bad", "b"], [arrays[0], error, arrays[1]], 2)
+    assert cache.keys == ["a", "b"] and list(cache.lengths) == [3, 1]
+    np.testing.assert_array_equal(cache[0], arrays[0])
+    assert [(s.path, s.reason) for s in cache.skipped] == [("bad", "broken")]
+    in_memory = ConcatenatedFeatureStore.from_arrays(arrays)
+    np.testing.assert_array_equal(in_memory[1], arrays[1])
+
+
+def test_cache_key_depends_on_settings_and_files(tmp_path: Path) -> None:
+    file = tmp_path / "x.wav"
+    file.write_bytes(b"1")
+    key = cache_key({"a": 1}, [file])
+    assert key == cache_key({"a": 1}, [file])
+    assert key != cache_key({"a": 2}, [file])
+    file.write_bytes(b"22")
+    assert key != cache_key({"a": 1}, [file])

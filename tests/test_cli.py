@@ -1,0 +1,88 @@
+"""``python -m speechrnn.fit`` end to end on a tiny synthesised corpus, and checkpoint inference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechrnn import RNNClassifier
+from speechrnn.fit import main
+from speechrnn.inference import Predictor
+from tests.conftest import chirp
+
+
+def fit_args(manifest: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "--data", "AudioFolderDataModule",
+        "--data.manifest", str(manifest),
+        "--data.cache_dir", str(tmp_path / "cache"),
+        "--data.batch_size", "8",
+        "--model.hidden_size", "16",
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_fit_runs_end_to_end_with_fast_dev_run(tiny_corpus: Path, tmp_path: Path) -> None:
+    metrics = main(fit_args(tiny_corpus, tmp_path, "--trainer.fast_dev_run", "true"))
+    assert set(metrics) >= {"test/acc", "test/f1", "test/loss"}
+
+
+def test_fit_writes_run_folder_and_checkpoint_classifies_a_wav(tiny_corpus: Path, tmp_path: Path) -> None:
+    main(fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "2"))
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert (run / "config.yaml").is_file()
+    result = json.loads((run / "test_metrics.json").read_text())
+    assert 0.0 <= result["metrics"]["test/acc"] <= 1.0 and Path(result["checkpoint"]).is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    checkpoint = run / "checkpoints" / "last.ckpt"
+
+    model = RNNClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    assert model.class_names == ["down", "flat", "up"]
+    assert model.data_config["features"]["sample_rate"] == 16000
+
+    wav = tmp_path / "new.wav"
+    stereo_44k = np.stack([chirp("up", 0.3, 44100, np.random.default_rng(5))] * 2, axis=1)
+    sf.write(wav, stereo_44k, 44100)
+    probabilities = Predictor.from_checkpoint(checkpoint).predict_file(wav)
+    assert sorted(probabilities) == ["down", "flat", "up"]
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert list(probabilities.values()) == sorted(probabilities.values(), reverse=True)
+
+    # The predictor's features equal the training cache's for a training file.
+    from speechrnn.data import AudioFolderDataModule
+
+    dm = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=tmp_path / "cache")
+    dm.setup("fit")
+    predictor = Predictor.from_checkpoint(checkpoint)
+    record = dm.record_of(0)
+    wave, rate = sf.read(record.source, dtype="float32")
+    features, _ = predictor.frontend(torch.from_numpy(wave.mean(1) if wave.ndim == 2 else wave)[None])
+    torch.testing.assert_close(features[0], torch.from_numpy(np.array(dm.store[0])), rtol=1e-4, atol=1e-4)
+
+
+def test_saved_config_replays(tiny_corpus: Path, tmp_path: Path) -> None:
+    main(fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "1"))
+    config = tmp_path / "runs" / "lightning_logs" / "version_0" / "config.yaml"
+    main(["--config", str(config)])
+    replay = json.loads((tmp_path / "runs" / "lightning_logs" / "version_1" / "test_metrics.json").read_text())
+    first = json.loads((tmp_path / "runs" / "lightning_logs" / "version_0" / "test_metrics.json").read_text())
+    assert replay["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
+
+
+def test_help_documents_options() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "speechrnn.fit", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    for option in ("--model.cell", "--model.bidirectional", "--data", "--trainer.max_epochs", "--ckpt_path"):
+        assert option in result.stdout
