@@ -31,7 +31,7 @@ def predict_split(
     model = model.to(device).eval()
     outputs, indices = [], []
     for batch in datamodule.dataloader(split, shuffle=False):
-        features, lengths = batch[0].to(device, non_blocking=True), batch[1]
+        features, lengths, *_ = datamodule.featurize((batch[0].to(device, non_blocking=True), *batch[1:]))
         outputs.append(model(features, lengths).float().softmax(-1).cpu())
         indices.append(batch[3])
     probabilities = torch.cat(outputs).numpy()

@@ -130,51 +130,78 @@ def normalize_utterances(features: torch.Tensor, lengths: torch.Tensor, eps: flo
     return centred / (std + eps)
 
 
+def reflect_past_ends(waveforms: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad ``(B, S)`` by ``width`` and mirror each clip's last samples past its own end (as a
+    centred STFT does at the end of a lone clip); everything further is zeroed. Valid frames of a
+    padded batch then equal those of each clip alone."""
+    batch, samples = waveforms.shape
+    padded = torch.nn.functional.pad(waveforms, (0, width))
+    position = torch.arange(samples + width, device=waveforms.device)[None, :]
+    ends = lengths.to(waveforms.device)[:, None]
+    source = 2 * (ends - 1) - position
+    mirrored = padded.gather(1, source.clamp(0, samples - 1).expand(batch, -1))
+    in_mirror = (position >= ends) & (position < ends + width) & (source >= 0)
+    return torch.where(position < ends, padded, torch.where(in_mirror, mirrored, 0.0))
+
+
 class MFCCFrontend(nn.Module):
     """Waveforms ``(B, samples)`` with ``lengths`` in samples -> features ``(B, T, F)`` and frame lengths.
 
-    Runs on whatever device the module is on, so the same code serves the cache builder (CPU),
-    on-accelerator features and exported models. Dataset normalisation is left to the caller,
-    which owns the training statistics.
+    torchaudio's ``MelSpectrogram`` and DCT, with the 80 dB floor taken per clip over its valid
+    frames, so a padded batch gives each clip exactly the features it gets alone (the cache builder
+    featurises clips one at a time; on-device features run on whole batches). Runs on whatever
+    device the module is on, and exports with the model. Dataset normalisation is left to the
+    caller, which owns the training statistics.
     """
+
+    top_db = 80.0
 
     def __init__(self, settings: FeatureSettings) -> None:
         super().__init__()
         self.settings = settings
-        self.mfcc = torchaudio.transforms.MFCC(
+        self.melspectrogram = torchaudio.transforms.MelSpectrogram(
             sample_rate=settings.rate,
-            n_mfcc=settings.n_mfcc,
-            log_mels=False,
-            melkwargs={
-                "n_fft": settings.n_fft,
-                "win_length": settings.win_length,
-                "hop_length": settings.hop_length,
-                "n_mels": settings.n_mels,
-                "f_min": settings.f_min,
-                "f_max": settings.f_max,
-                "center": True,
-                "pad_mode": "reflect",
-                "mel_scale": "htk",
-                "norm": None,
-            },
+            n_fft=settings.n_fft,
+            win_length=settings.win_length,
+            hop_length=settings.hop_length,
+            f_min=settings.f_min,
+            f_max=settings.f_max,
+            n_mels=settings.n_mels,
+            center=True,
+            pad_mode="reflect",
+            power=2.0,
+            norm=None,
+            mel_scale="htk",
         )
+        self.register_buffer("dct", torchaudio.functional.create_dct(settings.n_mfcc, settings.n_mels, "ortho"))
 
     def forward(
         self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if lengths is None:
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[-1], dtype=torch.int64)
-        # (B, 1, samples) makes AmplitudeToDB apply top_db per clip rather than per batch.
-        coeffs = self.mfcc(waveforms.float().unsqueeze(1)).squeeze(1)  # (B, n_mfcc, T)
+        lengths = lengths.cpu().to(torch.int64)
+        frame_lengths = self.settings.num_frames(lengths)
+        total_frames = int(frame_lengths.max())
+        audio = reflect_past_ends(waveforms.float(), lengths, self.settings.n_fft // 2)
+        power = self.melspectrogram(audio)[..., :total_frames]  # (B, n_mels, T)
+        decibels = 10.0 * torch.log10(power.clamp_min(1e-10))
+        valid = lengths_mask(frame_lengths, total_frames, decibels.device).unsqueeze(1)
+        peak = decibels.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)
+        decibels = torch.maximum(decibels, peak - self.top_db)
+        coeffs = torch.matmul(decibels.transpose(1, 2), self.dct).transpose(1, 2)  # (B, n_mfcc, T)
         parts = [coeffs]
-        for _ in range(self.settings.deltas):
-            parts.append(torchaudio.functional.compute_deltas(parts[-1], win_length=5))
+        if self.settings.deltas:
+            # Deltas replicate edge frames; hold each clip's last frame so its own edge is replicated.
+            last = torch.minimum(torch.arange(total_frames), frame_lengths[:, None] - 1).to(coeffs.device)
+            index = last[:, None, :].expand_as(coeffs)
+            for _ in range(self.settings.deltas):
+                parts.append(torchaudio.functional.compute_deltas(parts[-1].gather(2, index), win_length=5))
         features = torch.cat(parts, dim=1).transpose(1, 2).contiguous()
-        frame_lengths = torch.clamp(self.settings.num_frames(lengths.cpu()), max=features.shape[1]).to(torch.int64)
         if self.settings.normalize == "utterance":
             features = normalize_utterances(features, frame_lengths)
         else:
-            features = features * lengths_mask(frame_lengths, features.shape[1], features.device).unsqueeze(-1)
+            features = features * valid.transpose(1, 2)
         return features, frame_lengths
 
 

@@ -71,3 +71,19 @@ def test_resampled_file_gives_the_frames_of_the_target_rate(tmp_path: Path) -> N
     sf.write(tmp_path / "a.flac", np.stack([wave, wave], 1), 44100)
     audio = read_audio(tmp_path / "a.flac", 16000)
     assert audio.dtype == torch.float32 and audio.shape == (8000,)
+
+
+@pytest.mark.parametrize("deltas", [0, 2])
+@pytest.mark.parametrize("normalize", ["utterance", "none"])
+def test_padded_batch_gives_each_clip_its_own_features(deltas: int, normalize: str) -> None:
+    frontend = MFCCFrontend(FeatureSettings(sample_rate=16000, deltas=deltas, normalize=normalize))
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([16000, 5000, 777, 12345])
+    waves = torch.randn(4, 16000, generator=generator) * torch.linspace(0.1, 1, 16000)
+    waves = waves * (torch.arange(16000)[None] < lengths[:, None])
+    batched, frame_lengths = frontend(waves, lengths)
+    for row, length in enumerate(lengths.tolist()):
+        alone, alone_length = frontend(waves[row : row + 1, :length])
+        assert int(alone_length[0]) == int(frame_lengths[row])
+        torch.testing.assert_close(batched[row, : int(frame_lengths[row])], alone[0], rtol=1e-4, atol=5e-5)
+        assert torch.all(batched[row, int(frame_lengths[row]) :] == 0)

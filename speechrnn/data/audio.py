@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from speechrnn.audio import AudioError, read_audio
-from speechrnn.data.base import Record, SequenceDataModuleBase
+from speechrnn.data.augment import Augmenter, AugmentSettings
+from speechrnn.data.base import PadCollate, Record, SequenceDataModuleBase
 from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_with_progress
 from speechrnn.features import FeatureSettings, MFCCFrontend
 
@@ -31,9 +32,14 @@ def extract_features(path: str, settings: FeatureSettings) -> np.ndarray:
     return features[0].numpy()
 
 
-def _extract_or_error(path: str, settings: FeatureSettings) -> np.ndarray | AudioError:
+def extract_waveform(path: str, settings: FeatureSettings) -> np.ndarray:
+    """Checked, resampled mono waveform as a ``(samples, 1)`` array, for on-device features."""
+    return read_audio(path, settings.rate, min_samples=settings.win_length).numpy()[:, None]
+
+
+def _or_error(extract, path: str, settings: FeatureSettings) -> np.ndarray | AudioError:
     try:
-        return extract_features(path, settings)
+        return extract(path, settings)
     except AudioError as error:
         return error
 
@@ -51,6 +57,8 @@ class AudioDataModule(SequenceDataModuleBase):
         cache_dir: str | os.PathLike = "data/cache",
         on_error: OnError = "raise",
         cache_workers: int = 0,
+        on_device_features: bool = False,
+        augment: AugmentSettings = AugmentSettings(),
         batch_size: int = 32,
         max_frames: int | None = None,
         bucketing: bool = True,
@@ -67,6 +75,10 @@ class AudioDataModule(SequenceDataModuleBase):
                 leaves bad files out and lists them with their reason in ``skipped.csv`` beside
                 the cache.
             cache_workers: Processes used to build the cache (0: in this process).
+            on_device_features: Cache waveforms instead of features and compute MFCC (and
+                augmentation) on the accelerator in ``on_after_batch_transfer``; batches read
+                straight from the DataLoader then hold waveforms ``(batch, samples, 1)``.
+            augment: Training-split augmentation (time shift, background noise, SpecAugment).
         """
         super().__init__(batch_size, max_frames, bucketing, num_workers, val_fraction, test_fraction, seed)
         if on_error not in ("raise", "skip"):
@@ -75,7 +87,13 @@ class AudioDataModule(SequenceDataModuleBase):
         self.cache_dir = Path(cache_dir)
         self.on_error = on_error
         self.cache_workers = cache_workers
+        self.on_device_features = on_device_features
+        self.augment = augment
+        if augment.noise_dir is not None and not on_device_features:
+            raise ValueError("augment.noise_dir needs on_device_features=True (noise is mixed into waveforms)")
         self.cache: MemmapFeatureCache | None = None
+        self._frontend: MFCCFrontend | None = None
+        self._augmenter: Augmenter | None = None
 
     native_sample_rate: int = 16000
     """Feature sample rate used when ``features.sample_rate`` is left unset."""
@@ -94,8 +112,9 @@ class AudioDataModule(SequenceDataModuleBase):
         return self.features.feature_dim
 
     def cache_path(self, records: list[Record]) -> Path:
-        key = cache_key(self.features.to_dict(), [r.source for r in records])
-        return self.cache_dir / f"{self.name}-{key}"
+        settings = {"waveform_rate": self.features.rate} if self.on_device_features else self.features.to_dict()
+        key = cache_key(settings, [r.source for r in records])
+        return self.cache_dir / f"{self.name}{'-wave' if self.on_device_features else ''}-{key}"
 
     def prepare_data(self) -> None:
         """Build the feature cache if needed (one process under DDP; keeps no state)."""
@@ -105,16 +124,17 @@ class AudioDataModule(SequenceDataModuleBase):
         path = self.cache_path(records)
         if not MemmapFeatureCache.exists(path):
             sources = [r.source for r in records]
-            extract = extract_features if self.on_error == "raise" else _extract_or_error
+            extract = extract_waveform if self.on_device_features else extract_features
+            if self.on_error == "skip":
+                extract = functools.partial(_or_error, extract)
             results = map_with_progress(
                 functools.partial(extract, settings=self.features),
                 sources,
-                f"features: {self.name}",
+                f"{'waveforms' if self.on_device_features else 'features'}: {self.name}",
                 self.cache_workers,
             )
-            MemmapFeatureCache.build(
-                path, sources, results, self.features.feature_dim, {"settings": self.features.to_dict()}
-            )
+            dim = 1 if self.on_device_features else self.features.feature_dim
+            MemmapFeatureCache.build(path, sources, results, dim, {"settings": self.features.to_dict()})
         cache = MemmapFeatureCache(path)
         if cache.skipped:
             print(f"{self.name}: skipped {len(cache.skipped)} bad file(s); see {path / 'skipped.csv'}")
@@ -124,3 +144,63 @@ class AudioDataModule(SequenceDataModuleBase):
         self.cache = self.ensure_cache(records)
         position_of = {r.source: i for i, r in enumerate(records)}
         return self.cache, [position_of[key] for key in self.cache.keys]
+
+    @property
+    def frontend(self) -> MFCCFrontend:
+        if self._frontend is None:
+            self._frontend = MFCCFrontend(self.features)
+        return self._frontend
+
+    @property
+    def augmenter(self) -> Augmenter:
+        if self._augmenter is None:
+            self._augmenter = Augmenter(self.augment, self.features.rate, self.features.hop_length)
+        return self._augmenter
+
+    def featurize(self, batch: Any, training: bool = False) -> Any:
+        """Turn a batch as it leaves the DataLoader into the model's batch, on the batch's device:
+        MFCC for on-device features, dataset normalisation, and augmentation when ``training``."""
+        features, lengths, *rest = batch
+        augment = training and self.augment.enabled
+        if self.on_device_features:
+            audio = features[..., 0]
+            if augment:
+                audio, lengths = self.augmenter.to(audio.device).waveforms(audio, lengths, self.features.win_length)
+            features, lengths = self.frontend.to(audio.device)(audio, lengths)
+            if self.feature_mean is not None:
+                mean = torch.as_tensor(self.feature_mean, device=features.device)
+                std = torch.as_tensor(self.feature_std, device=features.device)
+                valid = (torch.arange(features.shape[1])[None, :] < lengths[:, None]).to(features.device)
+                features = (features - mean) / std * valid.unsqueeze(-1)
+        if augment:
+            features, lengths = self.augmenter.to(features.device).features(
+                features, lengths, shift=not self.on_device_features
+            )
+        return (features, lengths, *rest)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        training = trainer is not None and trainer.training
+        if not (self.on_device_features or (training and self.augment.enabled)):
+            return batch
+        return self.featurize(batch, training)
+
+    def collate(self) -> PadCollate:
+        if self.on_device_features:
+            return PadCollate()  # waveforms: statistics apply to features, after the front end
+        return super().collate()
+
+    def _train_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.on_device_features:
+            return super()._train_statistics()
+        total, total_sq, count = 0.0, 0.0, 0
+        with torch.inference_mode():
+            for batch in self.dataloader("train", shuffle=False, collate=PadCollate()):
+                features, lengths = self.frontend(batch[0][..., 0], batch[1])
+                valid = (torch.arange(features.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
+                total = total + (features * valid).sum((0, 1)).double()
+                total_sq = total_sq + (features.square() * valid).sum((0, 1)).double()
+                count += int(lengths.sum())
+        mean = total / count
+        std = (total_sq / count - mean.square()).clamp_min(0).sqrt() + 1e-5
+        return mean.float().numpy(), std.float().numpy()

@@ -291,7 +291,16 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         """The record behind a batch's ``indices`` entry."""
         return self.records[self.store_records[index]]
 
-    def dataloader(self, split: Split, shuffle: bool | None = None) -> DataLoader:
+    def featurize(self, batch: Any, training: bool = False) -> Any:
+        """The model's batch from a DataLoader batch already on its device (Lightning does this in
+        ``on_after_batch_transfer``; call it yourself when iterating a DataLoader by hand)."""
+        return batch
+
+    def collate(self) -> PadCollate:
+        """The batch builder (applies training-split statistics when normalising with them)."""
+        return PadCollate(self.feature_mean, self.feature_std)
+
+    def dataloader(self, split: Split, shuffle: bool | None = None, collate: PadCollate | None = None) -> DataLoader:
         """Bucketed, padded batches of ``split``; sharded across processes under DDP."""
         dataset = self.dataset(split)
         shuffle = split == "train" if shuffle is None else shuffle
@@ -311,7 +320,7 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=PadCollate(self.feature_mean, self.feature_std),
+            collate_fn=collate or self.collate(),
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,

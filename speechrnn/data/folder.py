@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from speechrnn.data.audio import AudioDataModule, OnError
+from speechrnn.data.augment import AugmentSettings
 from speechrnn.data.base import Record
 from speechrnn.features import FeatureSettings
 
@@ -92,6 +93,8 @@ class AudioFolderDataModule(AudioDataModule):
         cache_dir: str | os.PathLike = "data/cache",
         on_error: OnError = "raise",
         cache_workers: int = 0,
+        on_device_features: bool = False,
+        augment: AugmentSettings = AugmentSettings(),
         batch_size: int = 32,
         max_frames: int | None = None,
         bucketing: bool = True,
@@ -113,8 +116,10 @@ class AudioFolderDataModule(AudioDataModule):
                 matched against file names, e.g. ``^(?P<speaker>[^_]+)_``.
         """
         super().__init__(
-            features, cache_dir, on_error, cache_workers, batch_size, max_frames, bucketing,
-            num_workers, val_fraction, test_fraction, seed,
+            features=features, cache_dir=cache_dir, on_error=on_error, cache_workers=cache_workers,
+            on_device_features=on_device_features, augment=augment, batch_size=batch_size, max_frames=max_frames,
+            bucketing=bucketing, num_workers=num_workers, val_fraction=val_fraction, test_fraction=test_fraction,
+            seed=seed,
         )  # fmt: skip
         if (root is None) == (manifest is None):
             raise ValueError("give exactly one of root (class folders) or manifest (CSV)")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from speechrnn.data.audio import OnError
+from speechrnn.data.augment import AugmentSettings
 from speechrnn.data.base import Record
 from speechrnn.data.folder import AudioFolderDataModule, read_manifest
 from speechrnn.data.synthesis import WORDS, SyntheticCorpusConfig, corpus_is_current, generate_corpus
@@ -37,6 +38,8 @@ class SyntheticCommandsDataModule(AudioFolderDataModule):
         cache_dir: str | os.PathLike = "data/cache",
         on_error: OnError = "raise",
         cache_workers: int = 0,
+        on_device_features: bool = False,
+        augment: AugmentSettings = AugmentSettings(),
         batch_size: int = 32,
         max_frames: int | None = None,
         bucketing: bool = True,
@@ -68,6 +71,8 @@ class SyntheticCommandsDataModule(AudioFolderDataModule):
             cache_dir=cache_dir,
             on_error=on_error,
             cache_workers=cache_workers,
+            on_device_features=on_device_features,
+            augment=augment,
             batch_size=batch_size,
             max_frames=max_frames,
             bucketing=bucketing,

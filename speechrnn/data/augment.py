@@ -1,0 +1,149 @@
+"""Training-time augmentation on padded batches: time shift, background noise, SpecAugment masks.
+
+Everything works on whole batches (on the accelerator when the batch is there) and keeps
+``lengths`` on the CPU. Shifts and noise draw from a seeded ``torch.Generator``; SpecAugment uses
+torchaudio's masking transforms, which draw from torch's global generator (seeded by the CLI's
+``seed_everything``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchaudio
+from torch import nn
+
+from speechrnn.audio import read_audio
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Training-split augmentation; every part is off by default."""
+
+    time_shift_ms: float = 0.0
+    """Largest random shift of each clip in milliseconds (frames or samples are prepended or dropped
+    at the start); 0 turns it off."""
+    noise_dir: str | None = None
+    """Folder of noise recordings mixed into training clips (needs ``on_device_features``, which
+    keeps waveforms until the batch is on the device); None turns it off."""
+    noise_snr_db: tuple[float, float] = (5.0, 20.0)
+    """Range of the signal-to-noise ratio (dB) drawn for each clip."""
+    noise_probability: float = 0.8
+    """Fraction of training clips that get noise."""
+    freq_masks: int = 0
+    """SpecAugment: number of frequency masks per clip."""
+    freq_mask_width: int = 8
+    """SpecAugment: largest width of a frequency mask (coefficients)."""
+    time_masks: int = 0
+    """SpecAugment: number of time masks per clip."""
+    time_mask_width: int = 10
+    """SpecAugment: largest width of a time mask (frames)."""
+    seed: int = 0
+    """Seed of the shift and noise draws."""
+
+    def __post_init__(self) -> None:
+        if self.time_shift_ms < 0:
+            raise ValueError(f"augment.time_shift_ms must be >= 0, got {self.time_shift_ms}")
+        low, high = self.noise_snr_db
+        if low > high:
+            raise ValueError(f"augment.noise_snr_db must be (low, high) with low <= high, got {self.noise_snr_db}")
+        if not 0 <= self.noise_probability <= 1:
+            raise ValueError(f"augment.noise_probability must be in [0, 1], got {self.noise_probability}")
+        for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.time_shift_ms or self.noise_dir or self.freq_masks or self.time_masks)
+
+
+def shift_sequences(
+    x: torch.Tensor, lengths: torch.Tensor, shifts: torch.Tensor, min_length: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift each ``(batch, time, ...)`` sequence right by ``shifts[b]`` steps (zeros prepended) or
+    left (leading steps dropped), keeping at least ``min_length`` steps; returns the batch and the
+    new CPU lengths."""
+    shifts = torch.maximum(shifts.cpu(), min_length - lengths)
+    new_lengths = lengths + shifts
+    width = int(new_lengths.max())
+    position = torch.arange(width)[None, :]
+    source = position - shifts[:, None]
+    valid = (source >= 0) & (source < lengths[:, None]) & (position < new_lengths[:, None])
+    index = source.clamp(0, x.shape[1] - 1).to(x.device)
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    shifted = x.gather(1, index) * valid.to(x.device).view(*valid.shape, *([1] * (x.dim() - 2)))
+    return shifted, new_lengths
+
+
+class Augmenter(nn.Module):
+    """Applies :class:`AugmentSettings` to training batches (waveforms or features)."""
+
+    def __init__(self, settings: AugmentSettings, sample_rate: int, hop_length: int) -> None:
+        super().__init__()
+        self.settings = settings
+        self.sample_rate = sample_rate
+        self.hop_length = hop_length
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.freq_mask = torchaudio.transforms.FrequencyMasking(max(1, settings.freq_mask_width), iid_masks=True)
+        self.time_mask = torchaudio.transforms.TimeMasking(max(1, settings.time_mask_width), iid_masks=True)
+        self.register_buffer("noise", self._load_noise(settings.noise_dir, sample_rate), persistent=False)
+
+    @staticmethod
+    def _load_noise(noise_dir: str | os.PathLike | None, sample_rate: int) -> torch.Tensor:
+        if noise_dir is None:
+            return torch.zeros(0)
+        files = sorted(p for p in Path(noise_dir).rglob("*") if p.suffix.lower() in (".wav", ".flac") and p.is_file())
+        if not files:
+            raise ValueError(f"augment.noise_dir {noise_dir}: no wav or flac files")
+        return torch.cat([read_audio(f, sample_rate) for f in files])
+
+    def _draw_shifts(self, count: int, unit_samples: int) -> torch.Tensor:
+        largest = int(self.settings.time_shift_ms * self.sample_rate / 1000 / unit_samples)
+        return torch.randint(-largest, largest + 1, (count,), generator=self.generator)
+
+    def waveforms(
+        self, audio: torch.Tensor, lengths: torch.Tensor, min_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Time shift and noise on ``(batch, samples)`` waveforms."""
+        if self.settings.time_shift_ms:
+            audio, lengths = shift_sequences(audio, lengths, self._draw_shifts(len(lengths), 1), min_samples)
+        if self.noise.numel():
+            audio = self._add_noise(audio, lengths)
+        return audio, lengths
+
+    def _add_noise(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        batch, width = audio.shape
+        if self.noise.numel() < width:
+            noise = self.noise.repeat(width // self.noise.numel() + 1)
+        else:
+            noise = self.noise
+        starts = torch.randint(0, noise.numel() - width + 1, (batch,), generator=self.generator)
+        segments = noise.to(audio.device)[(starts[:, None] + torch.arange(width)[None, :]).to(audio.device)]
+        low, high = self.settings.noise_snr_db
+        snr = low + (high - low) * torch.rand(batch, generator=self.generator)
+        chosen = torch.rand(batch, generator=self.generator) < self.settings.noise_probability
+        mask = (torch.arange(width)[None, :] < lengths[:, None]).to(audio.device)
+        count = lengths.to(audio.device).clamp_min(1)
+        signal_power = (audio.square() * mask).sum(1) / count
+        noise_power = (segments.square() * mask).sum(1) / count
+        scale = torch.sqrt(signal_power / (noise_power.clamp_min(1e-12) * 10 ** (snr.to(audio.device) / 10)))
+        scale = scale * chosen.to(audio.device)
+        return audio + scale[:, None] * segments * mask
+
+    def features(self, features: torch.Tensor, lengths: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame shift (when the waveform was not shifted already) and SpecAugment on ``(batch, time, F)``."""
+        if shift and self.settings.time_shift_ms:
+            features, lengths = shift_sequences(features, lengths, self._draw_shifts(len(lengths), self.hop_length))
+        if self.settings.freq_masks or self.settings.time_masks:
+            spec = features.transpose(1, 2)
+            for _ in range(self.settings.freq_masks):
+                spec = self.freq_mask(spec)
+            for _ in range(self.settings.time_masks):
+                spec = self.time_mask(spec)
+            valid = (torch.arange(spec.shape[2])[None, :] < lengths[:, None]).to(spec.device)
+            features = (spec * valid[:, None, :]).transpose(1, 2)
+        return features, lengths
