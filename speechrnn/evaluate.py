@@ -30,7 +30,7 @@ def predict_split(
     datamodule.setup("test")
     model = model.to(device).eval()
     outputs, indices = [], []
-    for batch in datamodule.dataloader(split, shuffle=False):
+    for batch in datamodule.dataloader(split, shuffle=False, shard=False):
         features, lengths, *_ = datamodule.featurize((batch[0].to(device, non_blocking=True), *batch[1:]))
         outputs.append(model(features, lengths).float().softmax(-1).cpu())
         indices.append(batch[3])

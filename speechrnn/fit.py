@@ -45,8 +45,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     best = cli.best_checkpoint.best_model_path if trainer.checkpoint_callback else ""
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
     metrics = {key: float(value) for key, value in (results[0] if results else {}).items()}
+    folder = run_folder(trainer)  # a collective call under DDP: every rank asks
     if trainer.is_global_zero:
-        folder = run_folder(trainer)
         atomic_write_json(folder / "test_metrics.json", {"checkpoint": best or None, "metrics": metrics})
         if model.hparams.task == "classification":
             device = trainer.strategy.root_device

@@ -300,12 +300,14 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         """The batch builder (applies training-split statistics when normalising with them)."""
         return PadCollate(self.feature_mean, self.feature_std)
 
-    def dataloader(self, split: Split, shuffle: bool | None = None, collate: PadCollate | None = None) -> DataLoader:
-        """Bucketed, padded batches of ``split``; sharded across processes under DDP."""
+    def dataloader(
+        self, split: Split, shuffle: bool | None = None, collate: PadCollate | None = None, shard: bool = True
+    ) -> DataLoader:
+        """Bucketed, padded batches of ``split``; sharded across processes under DDP when ``shard``."""
         dataset = self.dataset(split)
         shuffle = split == "train" if shuffle is None else shuffle
         trainer = getattr(self, "trainer", None)
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None and shard else (1, 0)
         sampler = BucketBatchSampler(
             dataset.lengths if self.bucketing else np.zeros(len(dataset), np.int64),
             batch_size=self.batch_size,

@@ -25,6 +25,7 @@ coordinates, never on worker count, call order or global random state.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -55,7 +56,7 @@ _CLIP_STREAM = 2
 _F0_RANGE = (80.0, 260.0)
 _WORD_RMS = 0.05
 _PEAK_LIMIT = 0.99
-_BLOCK = 32
+_BLOCK = 64
 _FORMANT_GLIDE = 0.035
 _AMPLITUDE_RAMP = 0.012
 _WORD_PAD = 0.5 * _AMPLITUDE_RAMP + 0.002
@@ -121,9 +122,10 @@ WORDS: dict[str, tuple[str, ...]] = {
     "nap": ("n", "ae", "p"),
     "kilo": ("k", "i", "l", "o"),
     "olik": ("o", "l", "i", "k"),
+    "mash": ("m", "ae", "sh"),
+    "sham": ("sh", "ae", "m"),
     "stop": ("s", "t", "o", "p"),
     "fur": ("f", "er"),
-    "mash": ("m", "ae", "sh"),
     "nuke": ("n", "u", "k"),
 }
 
@@ -133,6 +135,7 @@ ORDER_PAIRS: list[tuple[str, str]] = [
     ("shut", "tush"),
     ("pan", "nap"),
     ("kilo", "olik"),
+    ("mash", "sham"),
 ]
 
 
@@ -357,8 +360,12 @@ def _formant_cascade(source: np.ndarray, formants: np.ndarray, bandwidths: np.nd
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def _band_sos(band: tuple[float, float], scale: float, sample_rate: int) -> np.ndarray:
-    """Band-pass filter for frication or burst noise, scaled to the speaker's vocal tract."""
+    """Band-pass filter for frication or burst noise, scaled to the speaker's vocal tract.
+
+    Callers round ``scale`` to two decimals so the design is cached.
+    """
     nyquist = 0.5 * sample_rate
     high = min(band[1] * scale, 0.94 * nyquist)
     low = min(band[0] * scale, 0.7 * high)
@@ -442,7 +449,7 @@ def synthesize_segments(
     for i, phone in enumerate(phones):
         if phone.noise_band is None:
             continue
-        sos = _band_sos(phone.noise_band, utterance_scale, sample_rate)
+        sos = _band_sos(phone.noise_band, round(utterance_scale, 2), sample_rate)
         level = phone.noise_level * math.exp(rng.normal(0.0, 0.1))
         if phone.kind == "fricative":
             first, last = starts[i] - _AMPLITUDE_RAMP, ends[i] + _AMPLITUDE_RAMP

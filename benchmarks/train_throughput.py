@@ -1,0 +1,169 @@
+"""Training throughput: Lightning fit loop vs a bare PyTorch loop, and the RNN's share of matmul peak.
+
+Same model (BiGRU 2 x 128 by default), same tensors (batches of 64 clips of 101 frames x 40
+features), same optimiser (AdamW), measured side by side in one run. Prints samples per second of
+both loops (medians over repeats) and their ratio, then the achieved GFLOP/s of the recurrent
+layers (forward + backward) against the measured peak of a float32 matrix multiply.
+
+    python benchmarks/train_throughput.py [--cell gru] [--steps 30] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from speechrnn.models import RNNClassifier, SequenceClassifierNet
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+class FixedBatches(Dataset):
+    """Pre-built batches, so both loops see exactly the same tensors and no data-loading cost."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, ...]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return self.batches[index]
+
+
+def make_batches(count: int, batch: int, frames: int, features: int, classes: int) -> list[tuple[torch.Tensor, ...]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (
+            torch.randn(batch, frames, features, generator=generator),
+            torch.full((batch,), frames, dtype=torch.int64),
+            torch.randint(0, classes, (batch,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def recurrent_flops_per_frame(cell: str, input_size: int, hidden: int, layers: int, directions: int) -> float:
+    """Multiply-add FLOPs of the recurrent layers per frame, forward and backward (backward ~ 2x forward)."""
+    forward = 0.0
+    for layer in range(layers):
+        inputs = input_size if layer == 0 else hidden * directions
+        forward += directions * 2 * GATES[cell] * hidden * (inputs + hidden)
+    return 3 * forward
+
+
+def bare_loop(model: SequenceClassifierNet, batches: list, steps: int) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        features, lengths, labels = batches[step % len(batches)]
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(features, lengths), labels)
+        loss.backward()
+        optimizer.step()
+    return steps * batches[0][0].shape[0] / (time.perf_counter() - start)
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.steps = warmup, 0.0, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step > self.warmup:
+            self.steps += 1
+            self.end = time.perf_counter()
+
+
+def lightning_loop(args: argparse.Namespace, batches: list, steps: int, warmup: int) -> float:
+    model = RNNClassifier(args.features, args.classes, cell=args.cell, hidden_size=args.hidden, num_layers=args.layers,
+                          bidirectional=True, dropout=0.0, scheduler="none", lr=1e-3)  # fmt: skip
+    timer = StepTimer(warmup)
+    trainer = pl.Trainer(
+        max_steps=steps + warmup, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[timer], accelerator="cpu", precision="32-true",
+        limit_val_batches=0, num_sanity_val_steps=0,
+    )  # fmt: skip
+    loader = DataLoader(FixedBatches(batches), batch_size=None, shuffle=False)
+    trainer.fit(model, train_dataloaders=loader)
+    return timer.steps * batches[0][0].shape[0] / (timer.end - timer.start)
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times) / 1e9
+
+
+def recurrent_gflops(args: argparse.Namespace, batches: list, steps: int) -> float:
+    net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
+    encoder = net.encoder.train()
+    features, lengths, _ = batches[0]
+    for _ in range(3):
+        encoder(features, lengths)[0].sum().backward()
+    start = time.perf_counter()
+    for _ in range(steps):
+        encoder(features, lengths)[0].sum().backward()
+    elapsed = time.perf_counter() - start
+    frames = steps * features.shape[0] * features.shape[1]
+    return recurrent_flops_per_frame(args.cell, args.features, args.hidden, args.layers, 2) * frames / elapsed / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cell", default="gru", choices=sorted(GATES))
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--features", type=int, default=40)
+    parser.add_argument("--frames", type=int, default=101)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    batches = make_batches(8, args.batch, args.frames, args.features, args.classes)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(
+        f"model: Bi{args.cell.upper()} {args.layers} x {args.hidden}, batch {args.batch} x {args.frames} frames x {args.features}"
+    )
+
+    bare, lightning = [], []
+    for _ in range(args.repeats):
+        net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
+        bare_loop(net, batches, args.warmup)
+        bare.append(bare_loop(net, batches, args.steps))
+        lightning.append(lightning_loop(args, batches, args.steps, args.warmup))
+    bare_median, lightning_median = statistics.median(bare), statistics.median(lightning)
+    print(f"bare PyTorch loop   {bare_median:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in bare)})")
+    print(f"Lightning fit loop  {lightning_median:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in lightning)})")
+    print(f"ratio Lightning / bare: {lightning_median / bare_median:.3f}")
+
+    peak = matmul_peak()
+    achieved = statistics.median(recurrent_gflops(args, batches, max(5, args.steps // 3)) for _ in range(args.repeats))
+    flops = recurrent_flops_per_frame(args.cell, args.features, args.hidden, args.layers, 2)
+    print(f"recurrent layers: {flops / 1e6:.2f} MFLOP per frame (forward + backward)")
+    print(f"recurrent layers achieved {achieved:.1f} GFLOP/s; float32 matmul peak {peak:.1f} GFLOP/s "
+          f"({100 * achieved / peak:.0f}% of peak)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

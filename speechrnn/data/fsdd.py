@@ -1,0 +1,211 @@
+"""``FSDDDataModule``: the Free Spoken Digit Dataset (spoken digits 0-9, 8 kHz), with its official split."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from speechrnn.data.audio import AudioDataModule, OnError
+from speechrnn.data.augment import AugmentSettings
+from speechrnn.data.base import Record
+from speechrnn.features import FeatureSettings
+
+DEFAULT_ROOT = Path("data/fsdd/recordings")
+FSDD_TAG = "v1.0.10"
+FSDD_URL = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/{FSDD_TAG}.zip"
+FILE_PATTERN = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>.+)_(?P<index>[0-9]+)\.wav$")
+OFFICIAL_TEST_INDICES = range(5)
+"""The dataset's README: recordings numbered 0-4 are the test set, 5-49 the training set."""
+
+FSDDSplit = Literal["official", "speaker"]
+
+
+def fetch_url(url: str, destination: Path) -> None:
+    """Download ``url`` to ``destination`` (replaced by tests; the only network access here)."""
+    with urllib.request.urlopen(url, timeout=60) as response, open(destination, "wb") as out:
+        shutil.copyfileobj(response, out)
+
+
+def download_fsdd(root: str | os.PathLike, url: str = FSDD_URL) -> Path:
+    """Put the dataset's ``recordings/*.wav`` into ``root`` unless it already holds wav files.
+
+    The archive is fetched and extracted into a temporary folder beside ``root``, which is then
+    renamed to ``root``: an interrupted download never leaves a half-filled ``root`` behind.
+    """
+    root = Path(root)
+    if has_wav_files(root):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fsdd-download-", dir=root.parent) as tmp:
+        archive = Path(tmp) / "fsdd.zip"
+        fetch_url(url, archive)
+        recordings = Path(tmp) / "recordings"
+        recordings.mkdir()
+        with zipfile.ZipFile(archive) as zipped:
+            for member in zipped.infolist():
+                parts = Path(member.filename).parts
+                # only <top>/recordings/<name>.wav, written by base name (no path from the archive is trusted)
+                if len(parts) == 3 and parts[1] == "recordings" and FILE_PATTERN.match(parts[2]):
+                    (recordings / parts[2]).write_bytes(zipped.read(member))
+        if not has_wav_files(recordings):
+            raise ValueError(f"{url}: the archive has no recordings/<digit>_<speaker>_<index>.wav files")
+        try:
+            os.rename(recordings, root)  # also replaces an empty root folder
+        except OSError:
+            if not has_wav_files(root):
+                raise OSError(f"{root}: cannot place the downloaded recordings there (folder not empty?)") from None
+    return root
+
+
+def has_wav_files(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one ``<digit>_<speaker>_<index>.wav`` recording."""
+    return folder.is_dir() and any(FILE_PATTERN.match(p.name) for p in folder.iterdir())
+
+
+def seeded_validation(records: list[Record], fraction: float, seed: int) -> set[int]:
+    """Positions (in ``records``) of a validation subset: in every (digit, speaker) group, a seeded
+    ``fraction`` of its recordings (rounded half up, and at least one of a group of two or more when
+    ``fraction > 0``, so small folders still get a validation split), so validation mirrors training
+    in both digit and speaker."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for position, record in enumerate(records):
+        groups.setdefault((record.label, record.speaker), []).append(position)
+    rng = np.random.default_rng(seed)
+    chosen: set[int] = set()
+    for key in sorted(groups, key=lambda k: (k[0], k[1] or "")):
+        positions = rng.permutation(groups[key])
+        count = math.floor(fraction * len(positions) + 0.5)
+        if fraction > 0 and len(positions) >= 2:
+            count = max(count, 1)
+        chosen.update(int(p) for p in positions[:count])
+    return chosen
+
+
+class FSDDDataModule(AudioDataModule):
+    """fsdd: the Free Spoken Digit Dataset, spoken digits 0-9 from a few speakers, 8 kHz mono wav.
+
+    Files are ``{digit}_{speaker}_{index}.wav`` in one folder; other names are ignored. With
+    ``split="official"`` recordings 0-4 of every speaker and digit are the test set, as the dataset
+    defines, and a seeded ``val_fraction`` of each (digit, speaker) group of the remaining recordings
+    (5-49) is held out for validation. With ``split="speaker"`` the ``test_speakers`` (and
+    ``val_speakers``, when given) are held out whole, to measure how well the model does on
+    voices it never heard; without ``val_speakers`` validation is a seeded ``val_fraction`` of each
+    (digit, speaker) group of the training speakers.
+
+    The dataset is CC BY-SA 4.0 (https://github.com/Jakobovski/free-spoken-digit-dataset).
+    """
+
+    native_sample_rate = 8000
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        split: FSDDSplit = "official",
+        test_speakers: list[str] | None = None,
+        val_speakers: list[str] | None = None,
+        val_fraction: float = 0.1,
+        download: bool = False,
+        features: FeatureSettings = FeatureSettings(),
+        cache_dir: str | os.PathLike = "data/cache",
+        on_error: OnError = "raise",
+        cache_workers: int = 0,
+        on_device_features: bool = False,
+        augment: AugmentSettings = AugmentSettings(),
+        batch_size: int = 32,
+        max_frames: int | None = None,
+        bucketing: bool = True,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            root: Folder of the ``{digit}_{speaker}_{index}.wav`` files (default ``data/fsdd/recordings``).
+            split: ``official``: recordings 0-4 are the test set (the dataset's own split);
+                ``speaker``: ``test_speakers`` are the test set (speaker-independent evaluation).
+            test_speakers: With ``split="speaker"`` (required there): speakers held out for testing.
+            val_speakers: With ``split="speaker"``: speakers held out for validation; when not
+                given, validation is a seeded ``val_fraction`` of the training speakers' recordings.
+            val_fraction: Fraction of each (digit, speaker) group of training recordings held out
+                for validation, chosen with ``seed``; unused when ``val_speakers`` are given.
+            download: Fetch the dataset (tag ``v1.0.10`` from GitHub) in ``prepare_data`` when
+                ``root`` holds no recordings.
+        """
+        super().__init__(
+            features=features, cache_dir=cache_dir, on_error=on_error, cache_workers=cache_workers,
+            on_device_features=on_device_features, augment=augment, batch_size=batch_size, max_frames=max_frames,
+            bucketing=bucketing, num_workers=num_workers, val_fraction=val_fraction, test_fraction=0.0, seed=seed,
+        )  # fmt: skip
+        if split not in ("official", "speaker"):
+            raise ValueError(f"split must be 'official' or 'speaker', got {split!r}")
+        if split == "official" and (test_speakers or val_speakers):
+            raise ValueError("test_speakers and val_speakers apply to split='speaker' only")
+        if split == "speaker" and not test_speakers:
+            raise ValueError("split='speaker' needs test_speakers (the speakers held out for testing)")
+        overlap = sorted(set(test_speakers or []) & set(val_speakers or []))
+        if overlap:
+            raise ValueError(f"speakers both in test_speakers and val_speakers: {overlap}")
+        self.root = Path(root) if root is not None else DEFAULT_ROOT
+        self.split = split
+        self.test_speakers = list(test_speakers or [])
+        self.val_speakers = list(val_speakers or [])
+        self.download = download
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(digit) for digit in range(10)]
+
+    @property
+    def speakers(self) -> list[str]:
+        """Speakers present in ``root``."""
+        return sorted({r.speaker for r in self.records if r.speaker})
+
+    def prepare_data(self) -> None:
+        if self.download:
+            download_fsdd(self.root)
+        super().prepare_data()
+
+    def scan(self) -> list[tuple[Path, str, str, int]]:
+        """``(path, digit, speaker, index)`` of every recording in ``root``, sorted by file name."""
+        if not self.root.is_dir():
+            hint = "" if self.download else " (download=True fetches it)"
+            raise FileNotFoundError(f"{self.root}: FSDD recordings folder not found{hint}")
+        found = []
+        for path in sorted(self.root.iterdir()):
+            match = FILE_PATTERN.match(path.name)
+            if match and path.is_file():
+                found.append((path, match["digit"], match["speaker"], int(match["index"])))
+        if not found:
+            raise ValueError(f"{self.root}: no FSDD recordings named <digit>_<speaker>_<index>.wav")
+        return found
+
+    def load_records(self) -> list[Record]:
+        found = self.scan()
+        present = {speaker for _, _, speaker, _ in found}
+        unknown = sorted((set(self.test_speakers) | set(self.val_speakers)) - present)
+        if unknown:
+            raise ValueError(f"{self.root}: no recordings of speakers {unknown} (present: {sorted(present)})")
+        if self.split == "official":
+            held_out = {i for i, (_, _, _, index) in enumerate(found) if index in OFFICIAL_TEST_INDICES}
+        else:
+            held_out = {i for i, (_, _, speaker, _) in enumerate(found) if speaker in self.test_speakers}
+        splits = {i: "test" for i in held_out}
+        rest = [i for i in range(len(found)) if i not in held_out]
+        if self.val_speakers:
+            splits.update({i: "val" for i in rest if found[i][2] in self.val_speakers})
+        else:
+            candidates = [Record(str(found[i][0]), found[i][1], found[i][2]) for i in rest]
+            val = seeded_validation(candidates, self.val_fraction, self.seed)
+            splits.update({rest[p]: "val" for p in val})
+        return [
+            Record(str(path), digit, speaker, splits.get(i, "train"))
+            for i, (path, digit, speaker, _) in enumerate(found)
+        ]
