@@ -4,18 +4,22 @@ from speechrnn.data.audio import AudioDataModule
 from speechrnn.data.base import Record, SequenceDataModuleBase
 from speechrnn.data.cache import FeatureStore, MemmapFeatureCache
 from speechrnn.data.folder import AudioFolderDataModule
+from speechrnn.data.fsdd import FSDDDataModule
 from speechrnn.data.sampler import BucketBatchSampler
 from speechrnn.data.sequences import SequenceDataModule
+from speechrnn.data.speech_commands import SpeechCommandsDataModule
 from speechrnn.data.synthetic import SyntheticCommandsDataModule
 
 __all__ = [
     "AudioDataModule",
     "AudioFolderDataModule",
     "BucketBatchSampler",
+    "FSDDDataModule",
     "FeatureStore",
     "MemmapFeatureCache",
     "Record",
     "SequenceDataModule",
     "SequenceDataModuleBase",
+    "SpeechCommandsDataModule",
     "SyntheticCommandsDataModule",
 ]

@@ -45,7 +45,14 @@ def assign_splits(
     """Split of each record: the record's own when every record has one; otherwise speaker-disjoint
     when speakers are known (whole speakers go to val/test); otherwise random, stratified by label
     when ``stratify``."""
-    if records and all(r.split for r in records):
+    with_split = sum(1 for r in records if r.split)
+    if 0 < with_split < len(records):
+        missing = next(r.source for r in records if not r.split)
+        raise ValueError(
+            f"{len(records) - with_split} of {len(records)} examples have no split (e.g. {missing}); "
+            "give every example a split or none"
+        )
+    if records and with_split:
         unknown = sorted({r.split for r in records} - set(SPLITS))
         if unknown:
             raise ValueError(f"unknown split names {unknown}; use train, val or test")
@@ -250,6 +257,9 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         return False
 
     def _check_splits(self) -> None:
+        unknown = sorted({r.label for r in self.records} - set(self.class_names))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: labels not among the classes {self.class_names}: {unknown}")
         if len(self.splits["train"]) == 0:
             raise ValueError(f"{type(self).__name__}: the train split has no data")
         train_labels = Counter(self.records[self.store_records[i]].label for i in self.splits["train"])

@@ -103,3 +103,9 @@ def test_feature_settings_flow_into_shapes(tiny_corpus: Path, tmp_path: Path) ->
 def test_root_and_manifest_are_exclusive(tiny_corpus: Path) -> None:
     with pytest.raises(ValueError, match="exactly one of root"):
         AudioFolderDataModule(root=tiny_corpus.parent, manifest=tiny_corpus)
+
+
+def test_partial_split_column_is_an_error() -> None:
+    records = [Record("a", "x", split="train"), Record("b", "x")]
+    with pytest.raises(ValueError, match="1 of 2 examples have no split"):
+        assign_splits(records, 0.1, 0.1, 0)
