@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 import yaml
-from jsonargparse import CLI, ArgumentParser
+from jsonargparse import CLI
 
 from speechrnn.baselines import bag_of_frames_accuracy
-from speechrnn.data.base import SequenceDataModuleBase
+from speechrnn.pipelines import datamodule_from_config
 
 
 def latest_run(root: Path = Path("lightning_logs")) -> Path:
@@ -32,11 +32,9 @@ def main(run: Path | None = None) -> dict[str, float]:
     run: Run folder of a finished ``python -m speechrnn.fit`` (default: the latest).
     """
     run = Path(run) if run is not None else latest_run()
-    data_config = yaml.safe_load((run / "config.yaml").read_text())["data"]
-    data_config.setdefault("init_args", {}).setdefault("features", {})["normalize"] = "none"
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(SequenceDataModuleBase, "data")
-    datamodule = parser.instantiate_classes(parser.parse_object({"data": data_config})).data
+    data = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    features = {**data.get("init_args", {}).get("features", {}), "normalize": "none"}
+    datamodule = datamodule_from_config(data, features=features)
     baseline = bag_of_frames_accuracy(datamodule)
     recurrent = json.loads((run / "test_metrics.json").read_text())["metrics"]["test/acc"]
     print(f"run: {run}")

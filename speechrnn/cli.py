@@ -9,6 +9,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from speechrnn.callbacks import EpochTimer
 from speechrnn.data.base import SequenceDataModuleBase
 from speechrnn.models.classifier import RNNClassifier
 
@@ -63,7 +64,7 @@ class SpeechRNNCLI(LightningCLI):
         from the latest state, not the best) and rich's progress bar unless progress bars are off."""
         config = self._get(self.config_init, "trainer", default={})
         if "callbacks" not in kwargs:
-            callbacks = [*(config.get("callbacks") or [])]
+            callbacks = [*(config.get("callbacks") or []), EpochTimer()]
             if config.get("enable_checkpointing") is not False:
                 callbacks.append(ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False))
             if config.get("enable_progress_bar") is not False:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from speechrnn.callbacks import EpochTimer
 from speechrnn.cli import SpeechRNNCLI
 from speechrnn.evaluate import report_split
 from speechrnn.io import atomic_write_json
@@ -46,7 +47,11 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     metrics = {key: float(value) for key, value in (results[0] if results else {}).items()}
     folder = run_folder(trainer)  # a collective call under DDP: every rank asks
     if trainer.is_global_zero:
-        atomic_write_json(folder / "test_metrics.json", {"checkpoint": best or None, "metrics": metrics})
+        timer = next((c for c in trainer.callbacks if isinstance(c, EpochTimer)), None)
+        timing = {"epochs": len(timer.durations), "epoch_seconds": timer.durations} if timer else {}
+        atomic_write_json(
+            folder / "test_metrics.json", {"checkpoint": best or None, "metrics": metrics, "timing": timing}
+        )
         if model.hparams.task == "classification":
             device = trainer.strategy.root_device
             report = report_split(model, datamodule, "test", folder / "report_test", device, {"checkpoint": best})
