@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+
+TRUNCATED = re.compile(r"data\s*:\s*(?P<declared>\d+)\s*\(should be (?P<held>\d+)\)")
+"""libsndfile's own diagnosis of a WAV data chunk cut short (it would otherwise read what is there)."""
 
 SILENCE_PEAK = 1e-4
 """Clips whose absolute peak stays below this (about -80 dBFS) are rejected as silent."""
@@ -52,9 +56,16 @@ def read_audio(path: str | os.PathLike, sample_rate: int, min_samples: int = 1) 
     if not path.is_file():
         raise AudioError(path, "file not found")
     try:
+        info = sf.info(path)
         samples, file_rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise AudioError(path, f"cannot read audio (unknown format or corrupt file): {error}") from None
+    truncated = TRUNCATED.search(info.extra_info)
+    if truncated:
+        raise AudioError(
+            path,
+            f"truncated file: its header declares {truncated['declared']} bytes of audio, it holds {truncated['held']}",
+        )
     if samples.size == 0:
         raise AudioError(path, "empty file (no samples)")
     if not np.isfinite(samples).all():
