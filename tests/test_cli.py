@@ -79,6 +79,18 @@ def test_saved_config_replays(tiny_corpus: Path, tmp_path: Path) -> None:
     assert replay["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
 
 
+@pytest.mark.parametrize(
+    "module,options",
+    [("speechrnn.evaluate", ["--ckpt", "--split", "--out", "--data"]),
+     ("speechrnn.predict", ["--ckpt", "--top-k", "--format", "FILE_OR_DIR"])],
+)  # fmt: skip
+def test_other_entry_points_have_help(module: str, options: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for option in options:
+        assert option in result.stdout
+
+
 def test_help_documents_options() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "speechrnn.fit", "--help"], capture_output=True, text=True, timeout=120
