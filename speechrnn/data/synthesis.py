@@ -60,6 +60,8 @@ _BLOCK = 64
 _FORMANT_GLIDE = 0.035
 _AMPLITUDE_RAMP = 0.012
 _WORD_PAD = 0.5 * _AMPLITUDE_RAMP + 0.002
+_WORD_TAIL = 0.025
+_FADE = 0.004
 _DURATION_JITTER = 0.08
 _DURATION_JITTER_LIMIT = 0.2
 _MAX_DURATION_SCALE = 1.25
@@ -142,7 +144,8 @@ ORDER_PAIRS: list[tuple[str, str]] = [
 def _max_word_seconds() -> float:
     """Upper bound of a rendered word's length over all speakers and jitter."""
     longest = max(sum(PHONES[p].duration for p in phones) for phones in WORDS.values())
-    return longest * _MAX_DURATION_SCALE * math.exp(_DURATION_JITTER_LIMIT) + 2 * _WORD_PAD
+    padding = _WORD_PAD + _WORD_TAIL + _BLOCK / SAMPLE_RATE
+    return longest * _MAX_DURATION_SCALE * math.exp(_DURATION_JITTER_LIMIT) + padding
 
 
 MAX_WORD_SECONDS = _max_word_seconds()
@@ -170,7 +173,7 @@ class SyntheticCorpusConfig:
 
     num_speakers: int = 30
     repetitions: int = 7
-    clip_seconds: float = 1.75
+    clip_seconds: float = 1.8
     onset_window_seconds: float = 1.0
     snr_db: tuple[float, float] = (5.0, 30.0)
     val_speakers: int = 5
@@ -338,25 +341,39 @@ def _rosenberg_derivative(phase: np.ndarray, open_phase: float, close_phase: flo
     return derivative / (np.sqrt(np.mean(derivative**2)) + 1e-12)
 
 
+def _resonator_polynomials(formants: np.ndarray, bandwidths: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Denominators of the cascaded two-pole resonators, multiplied out: one row per block."""
+    radius = np.exp(-np.pi * bandwidths / sample_rate)
+    sections = np.stack(
+        [np.ones_like(radius), -2.0 * radius * np.cos(2.0 * np.pi * formants / sample_rate), radius**2], axis=-1
+    )
+    denominator = np.ones((formants.shape[0], 1))
+    for section in np.moveaxis(sections, 1, 0):
+        product = np.zeros((denominator.shape[0], denominator.shape[1] + 2))
+        for lag in range(3):
+            product[:, lag : lag + denominator.shape[1]] += section[:, lag : lag + 1] * denominator
+        denominator = product
+    return denominator
+
+
 def _formant_cascade(source: np.ndarray, formants: np.ndarray, bandwidths: np.ndarray, sample_rate: int) -> np.ndarray:
     """Filter ``source`` through cascaded unity-DC-gain resonators updated every ``_BLOCK`` samples.
 
-    ``formants``/``bandwidths`` hold one row per block. The filter state is
-    carried across blocks, so slowly moving formants produce smooth glides.
+    ``formants``/``bandwidths`` hold one row per block. The cascade runs as one
+    all-pole filter per block whose initial state is rebuilt from the previous
+    outputs, so the recursion continues across coefficient changes and slowly
+    moving formants produce smooth glides.
     """
-    radius = np.exp(-np.pi * bandwidths / sample_rate)
-    a1 = -2.0 * radius * np.cos(2.0 * np.pi * formants / sample_rate)
-    a2 = radius**2
-    sos = np.zeros(formants.shape + (6,))
-    sos[..., 0] = 1.0 + a1 + a2
-    sos[..., 3] = 1.0
-    sos[..., 4] = a1
-    sos[..., 5] = a2
+    denominators = _resonator_polynomials(formants, bandwidths, sample_rate)
+    gains = denominators.sum(axis=1)
+    order = denominators.shape[1] - 1
     out = np.empty_like(source)
-    state = np.zeros((formants.shape[1], 2))
-    for block, coefficients in enumerate(sos):
+    history = np.zeros(order)
+    for block, (denominator, gain) in enumerate(zip(denominators, gains, strict=True)):
         window = slice(block * _BLOCK, (block + 1) * _BLOCK)
-        out[window], state = signal.sosfilt(coefficients, source[window], zi=state)
+        state = -np.correlate(denominator[1:], history, "full")[order - 1 :]
+        out[window], _ = signal.lfilter([gain], denominator, source[window], zi=state)
+        history = out[window][: -order - 1 : -1]
     return out
 
 
@@ -376,6 +393,15 @@ def _shaped_noise(rng: np.random.Generator, length: int, sos: np.ndarray) -> np.
     """Unit-RMS Gaussian noise filtered by ``sos``."""
     noise = signal.sosfilt(sos, rng.standard_normal(length + 256))[256:]
     return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
+def _noise_envelope(phone: Phone, start: float, duration: float, level: float, t: np.ndarray) -> np.ndarray:
+    """Amplitude of a fricative's frication (ramped box) or a stop's release burst (sharp attack, fast decay)."""
+    if phone.kind == "fricative":
+        return _boxes(t, np.array([start]), np.array([start + duration]), np.array([level]), 2 * _AMPLITUDE_RAMP)
+    since = t - (start + _STOP_CLOSURE * duration)
+    decay = _STOP_BURST * duration / 3.0
+    return 2.0 * level * _step(since / 0.002) * np.exp(-np.maximum(since, 0.0) / decay)
 
 
 def synthesize_segments(
@@ -401,7 +427,7 @@ def synthesize_segments(
     durations = np.array([p.duration for p in phones]) * speaker.duration_scale * np.exp(jitter)
     edges = _WORD_PAD + np.concatenate([[0.0], np.cumsum(durations)])
     starts, ends = edges[:-1], edges[1:]
-    length = int(math.ceil((edges[-1] + _WORD_PAD) * sample_rate))
+    length = int(math.ceil((edges[-1] + _WORD_TAIL) * sample_rate))
     length = -(-length // _BLOCK) * _BLOCK
     t = np.arange(length) / sample_rate
 
@@ -446,31 +472,19 @@ def synthesize_segments(
     voiced /= np.sqrt(np.mean(reference**2)) + 1e-12
 
     out = voiced
-    for i, phone in enumerate(phones):
-        if phone.noise_band is None:
-            continue
-        sos = _band_sos(phone.noise_band, round(utterance_scale, 2), sample_rate)
-        level = phone.noise_level * math.exp(rng.normal(0.0, 0.1))
-        if phone.kind == "fricative":
-            first, last = starts[i] - _AMPLITUDE_RAMP, ends[i] + _AMPLITUDE_RAMP
-            envelope_args = (starts[i:i + 1], ends[i:i + 1], np.array([level]), 2 * _AMPLITUDE_RAMP)
-        else:
-            j = stop_index.index(i)
-            first, last = release[j] - 0.002, release[j] + _STOP_BURST * stop_lengths[j] + 0.01
-            envelope_args = None
-        lo, hi = max(0, int(first * sample_rate)), min(length, int(math.ceil(last * sample_rate)))
-        span = t[lo:hi]
-        if envelope_args is not None:
-            envelope = _boxes(span, *envelope_args)
-        else:
-            since = span - release[j]
-            decay = _STOP_BURST * stop_lengths[j] / 3.0
-            envelope = level * 2.0 * _step(since / 0.002) * np.exp(-np.maximum(since, 0.0) / decay)
-        out[lo:hi] += envelope * _shaped_noise(rng, hi - lo, sos)
+    for phone, start, duration in zip(phones, starts, durations, strict=True):
+        if phone.noise_band is not None:
+            level = phone.noise_level * math.exp(rng.normal(0.0, 0.1))
+            sos = _band_sos(phone.noise_band, round(utterance_scale, 2), sample_rate)
+            out += _noise_envelope(phone, start, duration, level, t) * _shaped_noise(rng, length, sos)
 
-    word_span = out[int(edges[0] * sample_rate):int(math.ceil(edges[-1] * sample_rate))]
+    word_span = out[int(edges[0] * sample_rate) : int(math.ceil(edges[-1] * sample_rate))]
     gain = _WORD_RMS * 10.0 ** ((speaker.gain_db + rng.normal(0.0, 1.0)) / 20.0)
     out *= gain / (np.sqrt(np.mean(word_span**2)) + 1e-12)
+    fade = min(int(_FADE * sample_rate), length // 2)
+    ramp = _step(np.linspace(-0.5, 0.5, fade))
+    out[:fade] *= ramp
+    out[length - fade :] *= ramp[::-1]
     return out.astype(np.float32)
 
 
@@ -528,7 +542,7 @@ def render_clip(config: SyntheticCorpusConfig, speaker: int, word: str, repetiti
     snr = float(rng.uniform(*config.snr_db))
     word_power = float(np.mean(voice.astype(np.float64) ** 2))
     clip = _background_noise(rng, length, SAMPLE_RATE) * math.sqrt(word_power / 10.0 ** (snr / 10.0))
-    clip[start:start + len(voice)] += voice[: length - start]
+    clip[start : start + len(voice)] += voice[: length - start]
     peak = float(np.max(np.abs(clip)))
     if peak > _PEAK_LIMIT:
         clip *= _PEAK_LIMIT / peak
@@ -557,6 +571,14 @@ def speaker_split(config: SyntheticCorpusConfig, speaker: int) -> str:
     if speaker < train_end + config.val_speakers:
         return "val"
     return "test"
+
+
+def split_speakers(config: SyntheticCorpusConfig) -> dict[str, list[str]]:
+    """Speaker labels of each split, in speaker order."""
+    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
+    for speaker in range(config.num_speakers):
+        splits[speaker_split(config, speaker)].append(speaker_label(config, speaker))
+    return splits
 
 
 def _clip_path(config: SyntheticCorpusConfig, speaker: int, word: str, repetition: int) -> str:
@@ -614,7 +636,7 @@ def _remove_stale_siblings(root: Path) -> None:
     """Delete temporary directories left next to ``root`` by generations that no longer run."""
     for prefix in (f".{root.name}.tmp-", f".{root.name}.old-"):
         for candidate in root.parent.glob(prefix + "*"):
-            suffix = candidate.name[len(prefix):]
+            suffix = candidate.name[len(prefix) :]
             if not suffix.isdigit() or not candidate.is_dir():
                 continue
             pid = int(suffix)
@@ -674,7 +696,6 @@ def generate_corpus(
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(MANIFEST_COLUMNS)
             writer.writerows(rows)
-        splits = {name: [speaker_label(config, s) for s in speakers if speaker_split(config, s) == name] for name in SPLITS}
         metadata = {
             "corpus": CORPUS_NAME,
             "generator_version": GENERATOR_VERSION,
@@ -682,7 +703,7 @@ def generate_corpus(
             "sample_rate": SAMPLE_RATE,
             "num_clips": len(rows),
             "config": asdict(config),
-            "splits": splits,
+            "splits": split_speakers(config),
             "words": {word: list(phones) for word, phones in WORDS.items()},
             "order_pairs": [list(pair) for pair in ORDER_PAIRS],
         }
