@@ -41,7 +41,7 @@ class SpeechRNNCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = False, **kwargs: Any) -> None:
         trainer_defaults = {
             "precision": default_precision(),
-            "max_epochs": 30,
+            "max_epochs": 10,
             "gradient_clip_val": 5.0,
             "log_every_n_steps": 10,
             "use_distributed_sampler": False,  # the bucketing sampler shards itself
@@ -96,7 +96,7 @@ class SpeechRNNCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
                 "early_stopping.monitor": "val/acc",
                 "early_stopping.mode": "max",
-                "early_stopping.patience": 6,
+                "early_stopping.patience": 3,
             }
         )
         parser.link_arguments("data.feature_dim", "model.input_size", apply_on="instantiate")
