@@ -1,0 +1,539 @@
+"""``python -m speechrnn.export --ckpt PATH --format onnx|torchscript --out FILE``: a checkpoint as one
+self-contained model file, for deployment without speechrnn.
+
+An audio checkpoint exports as waveforms -> probabilities, with the MFCC front end and the dataset
+normalisation inside the graph, so a deployment needs no Python feature code::
+
+    waveforms (B, S) float32 at sample_rate, lengths (B,) int64 samples  ->  probabilities (B, C)
+
+Clips shorter than the batch's widest are zero-padded after their end; each clip gets the
+probabilities it gets alone, and the same as :class:`speechrnn.inference.Predictor` (every stage
+is masked by ``lengths``). A clip needs at least ``min_samples`` samples (one analysis window).
+There is no resampling: feed audio at ``sample_rate``.
+
+A checkpoint trained on feature sequences (no audio settings) exports its network alone, with its
+dataset normalisation: ``features (B, T, F) float32, lengths (B,) int64 frames -> probabilities``.
+Regression checkpoints return raw ``outputs`` instead of probabilities.
+
+Labels, sample rate and feature settings travel in the file: as ONNX ``metadata_props`` (read them
+with :func:`read_onnx_metadata`) and as the extra file ``speechrnn.json`` in a TorchScript archive
+(:func:`load_torchscript`). Batch size and length are dynamic in both formats. Unless ``--verify
+false``, the file is run on a batch of another size and length than the one it was exported with
+and compared with PyTorch before it replaces ``--out``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechrnn.features import FeatureSettings, MFCCFrontend, lengths_mask, normalize_utterances, reflect_past_ends
+from speechrnn.io import atomic_write_bytes
+from speechrnn.models.classifier import RNNClassifier
+from speechrnn.models.encoder import RecurrentEncoder, reverse_within_length
+from speechrnn.models.network import SequenceClassifierNet
+
+Format = Literal["onnx", "torchscript"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+DEFAULT_OPSET = 20
+EXTRA_FILE = "speechrnn.json"
+"""Name of the metadata file inside a TorchScript archive."""
+TOLERANCE = 1e-4
+"""Largest difference the post-export check accepts between the exported file and PyTorch."""
+
+
+def encode(encoder: RecurrentEncoder, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``RecurrentEncoder.forward``'s padded path without its data-dependent branch, so it exports.
+
+    The encoder asks whether every sequence is full length (``bool`` of a tensor), which
+    ``torch.export`` cannot trace and ``torch.jit.trace`` would freeze; packing does not export
+    either. The padded path gives the same valid outputs as packing, so packed checkpoints export
+    too.
+    """
+    mask = lengths_mask(lengths, x.shape[1], x.device).unsqueeze(-1).to(x.dtype)
+    for depth, directions in enumerate(encoder.layers):
+        if depth > 0:
+            x = encoder.dropout(x)
+        forward_out = directions[0](x)[0]
+        if encoder.bidirectional:
+            backward_out = directions[1](reverse_within_length(x, lengths))[0]
+            x = torch.cat([forward_out, reverse_within_length(backward_out, lengths)], dim=-1)
+        else:
+            x = forward_out
+        x = x * mask
+    return x
+
+
+def run_network(net: SequenceClassifierNet, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``SequenceClassifierNet.forward`` through :func:`encode`: outputs ``(B, num_outputs)``."""
+    outputs = encode(net.encoder, net.input_norm(features), lengths)
+    return net.head(net.dropout(net.pooling(outputs, lengths)))
+
+
+def deltas(coeffs: torch.Tensor, win_length: int = 5) -> torch.Tensor:
+    """torchaudio's ``compute_deltas`` (edge frames replicated) on ``(B, C, T)`` as shifted differences.
+
+    torchaudio uses a grouped convolution with one group per batch row and coefficient, and an ONNX
+    convolution's group count cannot depend on the batch size.
+    """
+    n = (win_length - 1) // 2
+    frames = coeffs.shape[-1]
+    padded = F.pad(coeffs, (n, n), mode="replicate")
+    shifted = [k * (padded[..., n + k : n + k + frames] - padded[..., n - k : n - k + frames]) for k in range(1, n + 1)]
+    return sum(shifted) / (n * (n + 1) * (2 * n + 1) / 3)
+
+
+def mfcc_features(
+    frontend: MFCCFrontend, waveforms: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``MFCCFrontend.forward`` with shapes that follow the batch's width instead of its data.
+
+    The front end cuts its frames at the longest clip's frame count (``int`` of a tensor), which
+    an exported graph cannot depend on; here every frame the STFT yields is kept, and the extra
+    ones past each clip's end are masked by every later stage exactly like padding, so valid
+    outputs are unchanged. Uses the front end's own modules and buffers, so settings cannot drift.
+    """
+    settings = frontend.settings
+    lengths = lengths.to(waveforms.device, torch.int64)
+    frame_lengths = settings.num_frames(lengths)
+    audio = reflect_past_ends(waveforms.float(), lengths, settings.n_fft // 2)
+    power = frontend.melspectrogram(audio)  # (B, n_mels, T)
+    frames = power.shape[-1]
+    decibels = 10.0 * torch.log10(power.clamp_min(1e-10))
+    valid = lengths_mask(frame_lengths, frames, decibels.device).unsqueeze(1)
+    peak = decibels.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)
+    decibels = torch.maximum(decibels, peak - frontend.top_db)
+    coeffs = torch.matmul(decibels.transpose(1, 2), frontend.dct).transpose(1, 2)  # (B, n_mfcc, T)
+    parts = [coeffs]
+    if settings.deltas:
+        steps = torch.arange(frames, device=coeffs.device)
+        index = torch.minimum(steps[None, :], frame_lengths[:, None] - 1)[:, None, :].expand_as(coeffs)
+        for _ in range(settings.deltas):
+            parts.append(deltas(parts[-1].gather(2, index)))
+    features = torch.cat(parts, dim=1).transpose(1, 2)
+    if settings.normalize == "utterance":
+        features = normalize_utterances(features, frame_lengths)
+    else:
+        features = features * valid.transpose(1, 2).to(features.dtype)
+    return features, frame_lengths
+
+
+class FeatureClassifier(nn.Module):
+    """A network with its dataset normalisation and output activation, in eval mode:
+    ``forward(features (B, T, F) float32, lengths (B,) int64 frames) -> (B, num_outputs)``.
+
+    Softmax probabilities for classification, raw outputs for regression. Checkpoints trained on
+    feature sequences export as this; :class:`WaveformClassifier` puts the MFCC front end before it.
+    """
+
+    def __init__(
+        self,
+        net: SequenceClassifierNet,
+        class_names: list[str],
+        feature_mean: list[float] | None = None,
+        feature_std: list[float] | None = None,
+        task: str = "classification",
+    ) -> None:
+        super().__init__()
+        if (feature_mean is None) != (feature_std is None):
+            raise ValueError("feature_mean and feature_std must be given together")
+        self.net = net
+        self.class_names = list(class_names)
+        self.task = task
+        self.normalized = feature_mean is not None
+        if self.normalized:
+            self.register_buffer("mean", torch.tensor(feature_mean, dtype=torch.float32))
+            self.register_buffer("std", torch.tensor(feature_std, dtype=torch.float32))
+        self.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike) -> FeatureClassifier:
+        """Load on the CPU. Works for any checkpoint (an audio one then takes its MFCCs)."""
+        return cls.from_model(load_checkpoint(path))
+
+    @classmethod
+    def from_model(cls, model: RNNClassifier) -> FeatureClassifier:
+        """Share ``model``'s network, with its ``data_config``'s labels and statistics."""
+        config = model.data_config
+        return cls(
+            model.net, model.class_names, config.get("feature_mean"), config.get("feature_std"), model.hparams.task
+        )
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.normalized:
+            valid = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1)
+            features = torch.where(valid, (features - self.mean) / self.std, torch.zeros_like(features))
+        outputs = run_network(self.net, features, lengths).float()
+        return outputs.softmax(-1) if self.task == "classification" else outputs
+
+    def metadata(self) -> dict[str, Any]:
+        """What a deployment needs besides the graph: labels, task and what the input is."""
+        return {
+            "class_names": self.class_names,
+            "task": self.task,
+            "input": "features",
+            "feature_dim": self.net.encoder.input_size,
+        }
+
+
+class WaveformClassifier(nn.Module):
+    """A checkpoint as waveforms -> probabilities: MFCC front end, dataset normalisation, network, softmax.
+
+    ``forward(waveforms (B, S) float32 at sample_rate, lengths (B,) int64 samples) -> (B, C)``.
+    Gives the probabilities :class:`speechrnn.inference.Predictor` gives for the same audio, for
+    each clip of a zero-padded batch as for the clip alone. Does not resample.
+    """
+
+    def __init__(
+        self,
+        net: SequenceClassifierNet,
+        settings: FeatureSettings,
+        class_names: list[str],
+        feature_mean: list[float] | None = None,
+        feature_std: list[float] | None = None,
+        task: str = "classification",
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.frontend = MFCCFrontend(settings)
+        self.classifier = FeatureClassifier(net, class_names, feature_mean, feature_std, task)
+        self.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike) -> WaveformClassifier:
+        """Load on the CPU; ``ValueError`` for a checkpoint without audio feature settings."""
+        return cls.from_model(load_checkpoint(path), str(path))
+
+    @classmethod
+    def from_model(cls, model: RNNClassifier, name: str = "model") -> WaveformClassifier:
+        """Share ``model``'s network, with its ``data_config``'s feature settings, labels and statistics."""
+        config = model.data_config
+        if not config.get("features"):
+            raise ValueError(
+                f"{name}: the checkpoint has no audio feature settings (it was trained on feature sequences); "
+                "use FeatureClassifier, which takes features (B, T, F) and lengths"
+            )
+        return cls(
+            model.net,
+            FeatureSettings.from_dict(config["features"]),
+            model.class_names,
+            config.get("feature_mean"),
+            config.get("feature_std"),
+            model.hparams.task,
+        )
+
+    @property
+    def sample_rate(self) -> int:
+        return self.settings.rate
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classifier.class_names
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        features, frame_lengths = mfcc_features(self.frontend, waveforms, lengths)
+        return self.classifier(features, frame_lengths)
+
+    def metadata(self) -> dict[str, Any]:
+        """Labels, task, sample rate, the shortest usable clip (samples) and the feature settings."""
+        return {
+            "class_names": self.class_names,
+            "task": self.classifier.task,
+            "input": "waveform",
+            "sample_rate": self.sample_rate,
+            "min_samples": self.settings.win_length,
+            "features": self.settings.to_dict(),
+        }
+
+
+def load_checkpoint(path: str | os.PathLike) -> RNNClassifier:
+    """The checkpoint's ``RNNClassifier`` on the CPU, in eval mode."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return RNNClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+
+
+def exportable(checkpoint_path: str | os.PathLike) -> WaveformClassifier | FeatureClassifier:
+    """:class:`WaveformClassifier` for an audio checkpoint, :class:`FeatureClassifier` otherwise."""
+    model = load_checkpoint(checkpoint_path)
+    if model.data_config.get("features"):
+        return WaveformClassifier.from_model(model, str(checkpoint_path))
+    return FeatureClassifier.from_model(model)
+
+
+def example_inputs(
+    model: WaveformClassifier | FeatureClassifier, batch: int = 2, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded, zero-padded batch of different lengths, the last one full width (default width:
+    half a second of audio, or 37 frames)."""
+    generator = torch.Generator().manual_seed(batch)
+    if isinstance(model, WaveformClassifier):
+        width = width or model.sample_rate // 2 + 123
+        shortest = model.settings.win_length
+        data = 0.1 * torch.randn(batch, width, generator=generator)
+    else:
+        width = width or 37
+        shortest = 1
+        data = torch.randn(batch, width, model.net.encoder.input_size, generator=generator)
+    lengths = torch.tensor([max(shortest, width * (i + 2) // (batch + 1)) for i in range(batch)])
+    lengths[-1] = width
+    mask = lengths_mask(lengths, width)
+    return data * (mask if data.dim() == 2 else mask.unsqueeze(-1)), lengths
+
+
+def check_inputs(model: WaveformClassifier | FeatureClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs of another batch size and width than :func:`example_inputs`'s defaults, to check that
+    an export generalises beyond the shapes it was traced with."""
+    data, _ = example_inputs(model)
+    return example_inputs(model, batch=3, width=data.shape[1] * 2 // 3 + 7)
+
+
+def io_names(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Input and output names of the exported graph."""
+    is_wave = isinstance(model, WaveformClassifier)
+    task = model.classifier.task if is_wave else model.task
+    inputs = ["waveforms" if is_wave else "features", "lengths"]
+    return inputs, ["probabilities" if task == "classification" else "outputs"]
+
+
+@contextlib.contextmanager
+def _export_context() -> Iterator[None]:
+    """What ``torch.onnx.export`` sets up around ``torch.export`` for dynamic RNNs, minus its fallback.
+
+    GRU/LSTM are traced as while loops over time (the default decomposition unrolls them, fixing
+    the length) and size checks become runtime assertions. ``torch.onnx.export`` would answer a
+    failed dynamic-shape check by silently specialising the length to the example's; capturing the
+    program here makes such a failure an error instead.
+    """
+    from torch.export._patches import register_gru_while_loop_decomposition, register_lstm_while_loop_decomposition
+
+    with (
+        register_gru_while_loop_decomposition(),
+        register_lstm_while_loop_decomposition(),
+        torch.fx.experimental._config.patch(backed_size_oblivious=True),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", message=".*_check_is_size will be removed.*")
+        warnings.filterwarnings("ignore", message=".*were assigned during export.*")
+        yield
+
+
+def rnn_as_gru(rnn: nn.RNN) -> nn.GRU:
+    """A GRU that computes what the tanh ``rnn`` computes: update gate shut, reset gate open.
+
+    With zero gate weights and gate biases of -/+100, float32 sigmoids give z = 0 (to 1e-43) and
+    r = 1, so ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)``. The exporter lowers GRUs to the ONNX
+    GRU operator but has no lowering for ``rnn_tanh``, whose default decomposition unrolls time.
+    """
+    if rnn.mode != "RNN_TANH" or rnn.proj_size or rnn.num_layers != 1 or rnn.bidirectional or not rnn.bias:
+        raise ValueError(f"only single-layer, single-direction tanh RNNs with biases convert, got {rnn}")
+    gru = nn.GRU(rnn.input_size, rnn.hidden_size, batch_first=rnn.batch_first)
+    hidden = rnn.hidden_size
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(gru, name).zero_()
+        gru.weight_ih_l0[2 * hidden :] = rnn.weight_ih_l0
+        gru.weight_hh_l0[2 * hidden :] = rnn.weight_hh_l0
+        gru.bias_ih_l0[:hidden] = 100.0
+        gru.bias_ih_l0[hidden : 2 * hidden] = -100.0
+        gru.bias_ih_l0[2 * hidden :] = rnn.bias_ih_l0
+        gru.bias_hh_l0[2 * hidden :] = rnn.bias_hh_l0
+    return gru.to(rnn.weight_ih_l0.device).train(rnn.training)
+
+
+def _for_onnx(model: nn.Module) -> nn.Module:
+    """``model``, or a copy whose tanh RNNs are :func:`rnn_as_gru` GRUs."""
+    if not any(isinstance(module, nn.RNN) for module in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, nn.RNN):
+                setattr(module, name, rnn_as_gru(child))
+    return model
+
+
+def onnx_model_bytes(model: WaveformClassifier | FeatureClassifier, opset: int = DEFAULT_OPSET) -> bytes:
+    """The serialised ONNX model of ``model`` (dynamo exporter, dynamic batch and length, metadata).
+
+    Vanilla (tanh) RNN layers are exported as equivalent GRUs (:func:`rnn_as_gru`).
+    """
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"ONNX export needs onnx and onnxscript: pip install 'speechrnn[onnx]' ({error})") from None
+    inputs, outputs = io_names(model)
+    if isinstance(model, WaveformClassifier):
+        time = torch.export.Dim("samples", min=model.settings.win_length)
+    else:
+        time = torch.export.Dim("frames", min=1)
+    batch = torch.export.Dim("batch", min=1)
+    signature = ("waveforms" if isinstance(model, WaveformClassifier) else "features", "lengths")
+    dynamic_shapes = {signature[0]: {0: batch, 1: time}, signature[1]: {0: batch}}
+    example = example_inputs(model)
+    with _export_context():
+        program = torch.export.export(
+            _for_onnx(model),
+            example,
+            dynamic_shapes=dynamic_shapes,
+            strict=False,
+            prefer_deferred_runtime_asserts_over_guards=True,
+        )
+        onnx_program = torch.onnx.export(
+            program, example, dynamo=True, opset_version=opset, input_names=inputs, output_names=outputs, verbose=False
+        )
+    proto = onnx_program.model_proto
+    for key, value in model.metadata().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    return proto.SerializeToString()
+
+
+def verify_onnx(model_bytes: bytes, model: WaveformClassifier | FeatureClassifier) -> float:
+    """Largest difference between onnxruntime and PyTorch on :func:`check_inputs`; ``RuntimeError``
+    above :data:`TOLERANCE`. NaN (with a warning, nothing checked) without onnxruntime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        warnings.warn("onnxruntime is not installed: the ONNX export was not checked", stacklevel=2)
+        return float("nan")
+    session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    data, lengths = check_inputs(model)
+    names = io_names(model)[0]
+    got = torch.from_numpy(session.run(None, {names[0]: data.numpy(), names[1]: lengths.numpy()})[0])
+    return _compare(got, model, data, lengths, "onnxruntime")
+
+
+def export_onnx(
+    checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, opset: int = DEFAULT_OPSET, verify: bool = True
+) -> Path:
+    """Export a checkpoint to ONNX (see the module docstring for inputs, outputs and metadata).
+
+    With ``verify`` the model is run with onnxruntime on a batch of another shape and compared with
+    PyTorch before it is written. Writes atomically; returns ``out_path``.
+    """
+    model = exportable(checkpoint_path)
+    data = onnx_model_bytes(model, opset)
+    if verify:
+        verify_onnx(data, model)
+    return atomic_write_bytes(out_path, data)
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """An exported ONNX file's ``metadata_props``, JSON values decoded (``class_names`` a list,
+    ``sample_rate`` an int, ...)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {entry.key: _decode(entry.value) for entry in model.metadata_props}
+
+
+def _decode(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def trace(model: WaveformClassifier | FeatureClassifier) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` of ``model``. Shape arithmetic is recorded, so the trace takes any batch
+    size and length (the model has no data-dependent control flow); :func:`export_torchscript`
+    checks that on inputs of another shape."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.*")
+        return torch.jit.trace(model, example_inputs(model), check_trace=False)
+
+
+def export_torchscript(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, verify: bool = True) -> Path:
+    """Export a checkpoint to TorchScript with the metadata as the extra file ``speechrnn.json``.
+
+    With ``verify`` the traced module is run on a batch of another shape and compared with the
+    eager model before it is written. Writes atomically; returns ``out_path``.
+    """
+    model = exportable(checkpoint_path)
+    traced = trace(model)
+    if verify:
+        data, lengths = check_inputs(model)
+        with torch.no_grad():
+            _compare(traced(data, lengths), model, data, lengths, "TorchScript")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: json.dumps(model.metadata())})
+    return atomic_write_bytes(out_path, buffer.getvalue())
+
+
+def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """An exported TorchScript module (on the CPU) and its metadata."""
+    extra = {EXTRA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return module, json.loads(extra[EXTRA_FILE])
+
+
+def _compare(got: torch.Tensor, model: nn.Module, data: torch.Tensor, lengths: torch.Tensor, what: str) -> float:
+    with torch.no_grad():
+        expected = model(data, lengths)
+    difference = float((got - expected).abs().max())
+    if not difference <= TOLERANCE:
+        raise RuntimeError(
+            f"the {what} export differs from PyTorch by {difference:.3g} (> {TOLERANCE}) on inputs of shape "
+            f"{tuple(data.shape)}, unlike the example it was exported with; not writing it"
+        )
+    return difference
+
+
+def export(ckpt: Path, out: Path, format: Format = "onnx", opset: int = DEFAULT_OPSET, verify: bool = True) -> Path:
+    """Export a checkpoint as a self-contained ONNX or TorchScript model.
+
+    Audio checkpoints become ``(waveforms (B, S) float32, lengths (B,) int64 samples) ->
+    probabilities (B, C)`` with the MFCC front end inside; feature-sequence checkpoints become
+    ``(features (B, T, F), lengths (B,) int64 frames) -> probabilities``. Class names and sample
+    rate are stored in the file.
+
+    Args:
+        ckpt: Checkpoint written by ``python -m speechrnn.fit``.
+        out: Model file to write (replaced atomically; folders are created).
+        format: ``onnx`` (torch.onnx dynamo exporter) or ``torchscript`` (torch.jit.trace).
+        opset: ONNX opset version (ONNX only).
+        verify: Run the exported model on a batch of another size and length and compare it with
+            PyTorch before writing (ONNX needs onnxruntime for this).
+
+    Returns:
+        The path written.
+    """
+    if format == "onnx":
+        path = export_onnx(ckpt, out, opset, verify)
+    elif format == "torchscript":
+        path = export_torchscript(ckpt, out, verify)
+    else:
+        raise ValueError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    print(f"wrote {path}")
+    return path
+
+
+def main(args: list[str] | None = None) -> None:
+    from jsonargparse import CLI
+
+    CLI(export, args=args, as_positional=False, prog="python -m speechrnn.export")
+
+
+if __name__ == "__main__":
+    main()
