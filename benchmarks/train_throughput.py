@@ -139,12 +139,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     batches = make_batches(8, args.batch, args.frames, args.features, args.classes)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
-    print(
-        f"model: Bi{args.cell.upper()} {args.layers} x {args.hidden}, batch {args.batch} x {args.frames} frames x {args.features}"
-    )
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    shape = f"batch {args.batch} x {args.frames} frames x {args.features}"
+    print(f"model: Bi{args.cell.upper()} {args.layers} x {args.hidden}, {shape}")
 
     bare, lightning = [], []
     for _ in range(args.repeats):
