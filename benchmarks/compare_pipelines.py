@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 from speechrnn.features import FeatureSettings, librosa_mfcc
 
 REPO = Path(__file__).resolve().parents[1]
-FSDD_ROOT = Path("/work/shared/data/fsdd/recordings")
+FSDD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 FSDD_PATTERN = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>.+)_(?P<index>[0-9]+)\.wav$")
 SYNTHETIC_SPEAKERS = 30
 BATCH = 64
@@ -383,9 +383,12 @@ def prepare_corpus(args: argparse.Namespace) -> None:
     else:
         tick = time.perf_counter()
         generate_corpus(args.root, config)
+        seconds = time.perf_counter() - tick
+        words = config.num_clips // (SYNTHETIC_SPEAKERS * args.repetitions)
         print(
-            f"synthetic corpus: generated {config.num_clips} clips ({args.repetitions} repetitions x 30 speakers "
-            f"x 14 words) in {time.perf_counter() - tick:.1f} s into {args.root} (not in the pipelines' times)"
+            f"synthetic corpus: generated {config.num_clips} clips ({args.repetitions} repetitions x "
+            f"{SYNTHETIC_SPEAKERS} speakers x {words} words) in {seconds:.1f} s into {args.root} "
+            "(not in the pipelines' times)"
         )
 
 
@@ -464,7 +467,12 @@ def main() -> None:
         "--root",
         help=f"FSDD recordings (default {FSDD_ROOT}) or synthetic corpus folder (default data/bench_synthetic_<clips>)",
     )
-    parser.add_argument("--clips", type=int, default=3000, help="synthetic corpus size (about; 14 words x 30 speakers)")
+    parser.add_argument(
+        "--clips",
+        type=int,
+        default=3000,
+        help="synthetic corpus size (about; rounded to words x 30 speakers x repetitions)",
+    )
     parser.add_argument("--limit", type=int, help="FSDD only: use a seeded subset of this many recordings")
     parser.add_argument(
         "--steps",

@@ -50,7 +50,7 @@ from speechrnn.data import FSDDDataModule
 from speechrnn.features import FeatureSettings, MFCCFrontend, librosa_mfcc
 from speechrnn.models import SequenceClassifierNet
 
-FSDD_ROOT = Path("/work/shared/data/fsdd/recordings")
+FSDD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 FSDD_PATTERN = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>.+)_(?P<index>[0-9]+)\.wav$")
 BATCH = 64
 

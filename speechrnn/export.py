@@ -311,10 +311,10 @@ def io_names(model: nn.Module) -> tuple[list[str], list[str]]:
 def _export_context() -> Iterator[None]:
     """What ``torch.onnx.export`` sets up around ``torch.export`` for dynamic RNNs, minus its fallback.
 
-    GRU/LSTM are traced as while loops over time (the default decomposition unrolls them, fixing
-    the length) and size checks become runtime assertions. ``torch.onnx.export`` would answer a
-    failed dynamic-shape check by silently specialising the length to the example's; capturing the
-    program here makes such a failure an error instead.
+    GRU/LSTM are traced as while loops over time (their default decomposition unrolls them, fixing
+    the length). ``torch.onnx.export`` would answer a failed dynamic-shape check by silently
+    specialising the length to the example's (the exported file then fails or misreads other
+    lengths); capturing the program ourselves makes such a failure an error instead.
     """
     from torch.export._patches import register_gru_while_loop_decomposition, register_lstm_while_loop_decomposition
 
@@ -357,8 +357,8 @@ def _for_onnx(model: nn.Module) -> nn.Module:
     if not any(isinstance(module, nn.RNN) for module in model.modules()):
         return model
     model = copy.deepcopy(model)
-    for module in model.modules():
-        for name, child in module.named_children():
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
             if isinstance(child, nn.RNN):
                 setattr(module, name, rnn_as_gru(child))
     return model
@@ -447,14 +447,20 @@ def _decode(value: str) -> Any:
         return value
 
 
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """Silence torch 2.14's FutureWarnings that ``torch.jit`` is deprecated (it still works)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
 def trace(model: WaveformClassifier | FeatureClassifier) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` of ``model``. Shape arithmetic is recorded, so the trace takes any batch
     size and length (the model has no data-dependent control flow); :func:`export_torchscript`
     checks that on inputs of another shape."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*torch.jit.*")
+    with torch.no_grad(), _quiet_jit():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # RNN input checks, fixed sizes only
         return torch.jit.trace(model, example_inputs(model), check_trace=False)
 
 
@@ -471,9 +477,7 @@ def export_torchscript(checkpoint_path: str | os.PathLike, out_path: str | os.Pa
         with torch.no_grad():
             _compare(traced(data, lengths), model, data, lengths, "TorchScript")
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    with _quiet_jit():
         torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: json.dumps(model.metadata())})
     return atomic_write_bytes(out_path, buffer.getvalue())
 
@@ -481,9 +485,7 @@ def export_torchscript(checkpoint_path: str | os.PathLike, out_path: str | os.Pa
 def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """An exported TorchScript module (on the CPU) and its metadata."""
     extra = {EXTRA_FILE: ""}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    with _quiet_jit():
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return module, json.loads(extra[EXTRA_FILE])
 

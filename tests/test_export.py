@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,26 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def help_process() -> Iterator[subprocess.Popen]:
+    """``python -m speechrnn.export --help``, started before the checkpoints train so that its
+    imports overlap with training."""
+    command = [sys.executable, "-m", "speechrnn.export", "--help"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, help_process: subprocess.Popen) -> dict[str, Path]:
     """One-epoch checkpoints: a two-layer bidirectional GRU (the default) and a one-layer unidirectional LSTM."""
     root = tmp_path_factory.mktemp("export")
     manifest = write_corpus(root / "corpus", speakers=6, per_class=2, stereo_every=3)
     paths = {}
     for cell, extra in CELLS.items():
-        runs = ["--trainer.max_epochs", "1", "--trainer.default_root_dir", str(root / cell)]
+        runs = ["--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0"]
+        runs += ["--trainer.default_root_dir", str(root / cell)]
         fit(fit_args(manifest, root, *runs, *extra))
         paths[cell] = root / cell / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     return paths
@@ -107,13 +121,11 @@ def test_torchscript_matches_pytorch_and_predictor(checkpoints: dict[str, Path],
     torch.testing.assert_close(single[0], got[1], rtol=0, atol=ATOL)
 
 
-def test_cli_help_and_export(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "speechrnn.export", "--help"], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
+def test_cli_help_and_export(checkpoints: dict[str, Path], help_process: subprocess.Popen, tmp_path: Path) -> None:
+    stdout, stderr = help_process.communicate(timeout=120)
+    assert help_process.returncode == 0, stderr
     for option in ("--ckpt", "--format", "--out", "--opset", "--verify"):
-        assert option in result.stdout
+        assert option in stdout
 
     out = tmp_path / "nested" / "model.pt"
     main(["--ckpt", str(checkpoints["lstm"]), "--format", "torchscript", "--out", str(out)])
@@ -173,3 +185,22 @@ def test_deltas_dataset_statistics_and_vanilla_rnn_trace_like_the_front_end() ->
     rnn = torch.nn.RNN(5, 4, batch_first=True)
     sequence = torch.randn(2, 30, 5)
     torch.testing.assert_close(rnn_as_gru(rnn)(sequence)[0], rnn(sequence)[0], rtol=0, atol=1e-6)
+
+
+def test_vanilla_rnn_network_exports_to_onnx_as_equivalent_gru() -> None:
+    """Stacked bidirectional tanh RNNs are rewritten as GRUs for ONNX; onnxruntime must agree with
+    the original on another batch size and length than the export's example."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from speechrnn.export import onnx_model_bytes
+
+    torch.manual_seed(0)
+    net = SequenceClassifierNet(12, 3, "rnn", 8, 2, True, 0.0, "mean", False)
+    model = FeatureClassifier(net, ["a", "b", "c"], [0.0] * 12, [1.0] * 12)
+    session = onnxruntime.InferenceSession(onnx_model_bytes(model), providers=["CPUExecutionProvider"])
+    features, lengths = torch.randn(5, 37, 12), torch.tensor([37, 3, 20, 1, 36])
+    got = session.run(None, {"features": features.numpy(), "lengths": lengths.numpy()})[0]
+    with torch.no_grad():
+        expected = model(features, lengths)
+    assert any(isinstance(m, torch.nn.RNN) for m in model.modules()), "the original keeps its RNNs"
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=ATOL)
