@@ -59,7 +59,6 @@ REPO = Path(__file__).resolve().parents[1]
 FSDD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 FSDD_PATTERN = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>.+)_(?P<index>[0-9]+)\.wav$")
 SYNTHETIC_SPEAKERS = 30
-BATCH = 64
 HIDDEN = 128
 LAYERS = 2
 PIPELINES = {
@@ -261,7 +260,7 @@ def speechrnn_datamodule(args: argparse.Namespace, cache_dir: str, on_device: bo
             cache_dir=cache_dir,
             on_device_features=on_device,
             bucketing=bucketing,
-            batch_size=BATCH,
+            batch_size=args.batch,
             seed=args.seed,
         )
     from speechrnn.data import SyntheticCommandsDataModule
@@ -272,7 +271,7 @@ def speechrnn_datamodule(args: argparse.Namespace, cache_dir: str, on_device: bo
         cache_dir=cache_dir,
         on_device_features=on_device,
         bucketing=bucketing,
-        batch_size=BATCH,
+        batch_size=args.batch,
         seed=args.seed,
     )
 
@@ -286,7 +285,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     n_train = sum(1 for item in items if item[2] == "train")
     baseline = current_rss_mib()
     torch.manual_seed(args.seed)
-    result: dict = {"pipeline": args.only, "n_train": n_train, "epoch_steps": math.ceil(n_train / BATCH)}
+    result: dict = {"pipeline": args.only, "n_train": n_train, "epoch_steps": math.ceil(n_train / args.batch)}
     cache_dir = None
     started = time.perf_counter()
     if args.only == "a":
@@ -297,7 +296,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         def loader(dataset: Dataset, shuffle: bool) -> DataLoader:
             return DataLoader(
                 dataset,
-                batch_size=BATCH,
+                batch_size=args.batch,
                 shuffle=shuffle,
                 collate_fn=pad_collate,
                 num_workers=args.workers,
@@ -313,6 +312,8 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         on_device = args.only == "c"
         cache_dir = tempfile.mkdtemp(prefix=f"bench-cache-{args.only}-")
         dm = speechrnn_datamodule(args, cache_dir, on_device, bucketing=args.only != "r")
+        if args.bucket_batches:
+            dm.bucket_size_multiplier = args.bucket_batches
         dm.prepare_data()  # builds the cache from scratch (fresh cache_dir)
         dm.setup("fit")
         result["setup_s"] = time.perf_counter() - started
@@ -406,6 +407,10 @@ def child_command(args: argparse.Namespace, pipeline: str, workers: int, result_
         args.root,
         "--steps",
         str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--bucket-batches",
+        str(args.bucket_batches),
         "--lr",
         str(args.lr),
         "--seed",
@@ -485,6 +490,13 @@ def main() -> None:
         default=5,
         help="steps left out of the warm rate when the run is shorter than an epoch + 5 steps",
     )
+    parser.add_argument("--batch", type=int, default=64, help="batch size of every pipeline")
+    parser.add_argument(
+        "--bucket-batches",
+        type=int,
+        default=0,
+        help="(b)/(c): batches per length-sorting window (default: the DataModule's)",
+    )
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -513,13 +525,13 @@ def main() -> None:
     prepare_corpus(args)
     items = fsdd_items(Path(args.root)) if args.corpus == "fsdd" else synthetic_items(Path(args.root))
     n_train = sum(1 for item in items if item[2] == "train")
-    epoch_steps = math.ceil(n_train / BATCH)
+    epoch_steps = math.ceil(n_train / args.batch)
     if args.steps is None:
         args.steps = 2 * epoch_steps if args.corpus == "fsdd" else min(2 * epoch_steps, 24)
     n_test = sum(1 for item in items if item[2] == "test")
     print(f"corpus: {args.corpus}, {len(items)} clips ({n_train} train, {n_test} test) in {args.root}")
     print(
-        f"model: BiGRU {LAYERS} x {HIDDEN} on 40 MFCCs, mean pooling; batch {BATCH}, AdamW lr {args.lr}, "
+        f"model: BiGRU {LAYERS} x {HIDDEN} on 40 MFCCs, mean pooling; batch {args.batch}, AdamW lr {args.lr}, "
         f"seed {args.seed}; {args.steps} steps per pipeline ({args.steps / epoch_steps:.2f} epochs of "
         f"{epoch_steps} steps); (b)/(c): plain PyTorch loop over dm.train_dataloader(), no Lightning Trainer"
     )

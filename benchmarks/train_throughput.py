@@ -5,7 +5,8 @@ features), same optimiser (AdamW), measured side by side in one run. Prints samp
 both loops (medians over repeats) and their ratio, then the achieved GFLOP/s of the recurrent
 layers (forward + backward) against the measured peak of a float32 matrix multiply.
 
-    python benchmarks/train_throughput.py [--cell gru] [--steps 30] [--repeats 3]
+    python benchmarks/train_throughput.py [--cell gru] [--steps 30] [--repeats 3] [--batch 64]
+    python benchmarks/train_throughput.py --compile     # also torch.compile (slow: minutes to compile)
 """
 
 from __future__ import annotations
@@ -124,6 +125,27 @@ def recurrent_gflops(args: argparse.Namespace, batches: list, steps: int) -> flo
     return recurrent_flops_per_frame(args.cell, args.features, args.hidden, args.layers, 2) * frames / elapsed / 1e9
 
 
+def compiled_loop(args: argparse.Namespace, batches: list, steps: int) -> tuple[float, float, float]:
+    """``torch.compile`` of the bare loop's network: (seconds to the end of the first step, which
+    is mostly compilation, eager samples/s, compiled samples/s), measured side by side."""
+    import torch._dynamo
+
+    torch._dynamo.config.allow_rnn = True  # off by default: dynamo would otherwise skip the RNNs
+    net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
+    compiled = torch.compile(net)
+    tick = time.perf_counter()
+    bare_loop(compiled, batches, 1)
+    compile_s = time.perf_counter() - tick
+    bare_loop(compiled, batches, args.warmup)
+    eager = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
+    bare_loop(eager, batches, args.warmup)
+    rates_eager, rates_compiled = [], []
+    for _ in range(args.repeats):
+        rates_eager.append(bare_loop(eager, batches, steps))
+        rates_compiled.append(bare_loop(compiled, batches, steps))
+    return compile_s, statistics.median(rates_eager), statistics.median(rates_compiled)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cell", default="gru", choices=sorted(GATES))
@@ -136,6 +158,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the bare loop")
     args = parser.parse_args()
     torch.manual_seed(0)
     batches = make_batches(8, args.batch, args.frames, args.features, args.classes)
@@ -161,6 +184,10 @@ def main() -> None:
     print(f"recurrent layers: {flops / 1e6:.2f} MFLOP per frame (forward + backward)")
     print(f"recurrent layers achieved {achieved:.1f} GFLOP/s; float32 matmul peak {peak:.1f} GFLOP/s "
           f"({100 * achieved / peak:.0f}% of peak)")  # fmt: skip
+    if args.compile:
+        compile_s, eager, compiled = compiled_loop(args, batches, args.steps)
+        print(f"torch.compile: first step (compilation) {compile_s:.1f} s; bare loop eager {eager:.1f} vs "
+              f"compiled {compiled:.1f} samples/s (x{compiled / eager:.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":

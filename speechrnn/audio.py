@@ -56,11 +56,12 @@ def read_audio(path: str | os.PathLike, sample_rate: int, min_samples: int = 1) 
     if not path.is_file():
         raise AudioError(path, "file not found")
     try:
-        info = sf.info(path)
-        samples, file_rate = sf.read(path, dtype="float32", always_2d=True)
+        with sf.SoundFile(path) as handle:  # one open for the header check and the samples
+            extra_info, file_rate = handle.extra_info, handle.samplerate
+            samples = handle.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise AudioError(path, f"cannot read audio (unknown format or corrupt file): {error}") from None
-    truncated = TRUNCATED.search(info.extra_info)
+    truncated = TRUNCATED.search(extra_info)
     if truncated:
         raise AudioError(
             path,

@@ -167,6 +167,7 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         self.batch_size = batch_size
         self.max_frames = max_frames
         self.bucketing = bucketing
+        self.bucket_size_multiplier = 100  # batches per length-sorting window (BucketBatchSampler)
         self.num_workers = num_workers
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
@@ -326,7 +327,7 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             seed=self.seed,
             num_replicas=replicas,
             rank=rank,
-            bucket_size_multiplier=100 if self.bucketing else 1,
+            bucket_size_multiplier=self.bucket_size_multiplier if self.bucketing else 1,
             even_shards=split == "train",
         )
         return DataLoader(

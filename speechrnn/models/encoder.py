@@ -101,7 +101,9 @@ class RecurrentEncoder(nn.Module):
         """
         if states is not None and self.bidirectional:
             raise ValueError("a bidirectional encoder cannot carry state between chunks: it needs the future")
-        full = bool((lengths == x.shape[1]).all())
+        # Only states need to know whether every sequence fills the batch (no data-dependent branch
+        # otherwise, so torch.compile captures the whole forward).
+        full = return_states and bool((lengths == x.shape[1]).all())
         # An LSTM's cell state is not among its outputs, so only packing gives it at ragged ends.
         packed = self.packed or (return_states and self.cell == "lstm" and not full)
         mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)

@@ -71,3 +71,56 @@ def test_cache_key_depends_on_settings_and_files(tmp_path: Path) -> None:
     assert key != cache_key({"a": 2}, [file])
     file.write_bytes(b"22")
     assert key != cache_key({"a": 1}, [file])
+
+
+def test_batched_extraction_equals_each_file_alone(tmp_path: Path) -> None:
+    """The cache featurises files in padded batches; each result must equal that file featurised
+    alone by the front end, in the caller's order, with bad files raised or kept in their place."""
+    import soundfile as sf
+    import torch
+
+    from speechrnn.audio import AudioError, read_audio
+    from speechrnn.data.audio import extract_features_batch
+    from speechrnn.features import MFCCFrontend
+    from tests.conftest import chirp
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for n, seconds in enumerate([0.9, 0.12, 0.5, 0.13, 2.0, 0.3, 0.31]):
+        paths.append(str(tmp_path / f"clip{n}.wav"))
+        sf.write(paths[-1], chirp("up", seconds, 8000, rng), 8000)
+    bad = tmp_path / "empty.wav"
+    sf.write(bad, np.zeros((0,), np.float32), 8000)
+    settings = FeatureSettings(sample_rate=8000, deltas=1)
+    frontend = MFCCFrontend(settings)
+
+    with_bad = paths[:3] + [str(bad)] + paths[3:]
+    got = extract_features_batch(with_bad, settings, skip_errors=True, max_samples=6000)
+    assert isinstance(got[3], AudioError) and "empty.wav" in str(got[3])
+    for path, features in zip(paths, got[:3] + got[4:], strict=True):
+        with torch.inference_mode():
+            alone, _ = frontend(read_audio(path, 8000, settings.win_length)[None])
+        assert features.shape == alone[0].shape
+        np.testing.assert_allclose(features, alone[0].numpy(), rtol=0, atol=1e-4)
+    with pytest.raises(AudioError, match="empty.wav"):
+        extract_features_batch(with_bad, settings)
+
+
+@pytest.mark.parametrize("on_device_features", [False, True])
+def test_cache_built_by_worker_processes_equals_one_process(
+    tiny_corpus: Path, tmp_path: Path, on_device_features: bool
+) -> None:
+    caches = []
+    for workers in (0, 2):
+        dm = AudioFolderDataModule(
+            manifest=tiny_corpus,
+            cache_dir=tmp_path / f"cache{workers}",
+            cache_workers=workers,
+            on_device_features=on_device_features,
+        )
+        dm.prepare_data()
+        caches.append(MemmapFeatureCache(cache_dirs(tmp_path / f"cache{workers}")[0]))
+    single, pooled = caches
+    assert single.keys == pooled.keys and len(single) == 36
+    np.testing.assert_array_equal(single.offsets, pooled.offsets)
+    np.testing.assert_allclose(np.asarray(single.frames), np.asarray(pooled.frames), rtol=0, atol=1e-5)

@@ -101,3 +101,15 @@ def test_bidirectional_encoder_refuses_carried_state() -> None:
     encoder = RecurrentEncoder(6, 8, bidirectional=True)
     with pytest.raises(ValueError, match="bidirectional"):
         encoder(torch.zeros(1, 2, 6), torch.tensor([2]), states=[torch.zeros(1, 1, 8)] * 2)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_forward_has_no_data_dependent_graph_break(cell: str) -> None:
+    """torch.compile must capture the whole classifier (no Python branch on the lengths' values)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        net = SequenceClassifierNet(5, 3, cell, 8, 2, True, pooling="mean")
+        explanation = torch._dynamo.explain(net)(torch.randn(2, 7, 5), torch.tensor([7, 3]))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
