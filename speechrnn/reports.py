@@ -30,6 +30,13 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from speechrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
+def _renormalized(probabilities: np.ndarray) -> np.ndarray:
+    """Rows clipped away from 0 and summing to 1 in float64 (a float32 softmax is off by ~1e-7,
+    which scikit-learn's log_loss warns about)."""
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0)
+    return clipped / clipped.sum(axis=1, keepdims=True)
+
+
 def compute_metrics(
     targets: np.ndarray,
     probabilities: np.ndarray,
@@ -52,7 +59,7 @@ def compute_metrics(
         "balanced_accuracy": float(balanced_accuracy_score(targets, predictions)),
         "macro_f1": float(f1_score(targets, predictions, labels=labels, average="macro", zero_division=0)),
         "cohen_kappa": float(cohen_kappa_score(targets, predictions, labels=labels)),
-        "log_loss": float(log_loss(targets, np.clip(probabilities, 1e-12, 1.0), labels=labels)),
+        "log_loss": float(log_loss(targets, _renormalized(probabilities), labels=labels)),
         "expected_calibration_error": float(
             multiclass_calibration_error(
                 torch.as_tensor(probabilities, dtype=torch.float32),
