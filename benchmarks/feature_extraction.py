@@ -25,26 +25,23 @@ Each extraction figure is the median over ``--repeats`` passes; epoch times are 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import re
-import shlex
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+from common import LibrosaMFCCDataset, PackedBiGRU, load_line, machine_lines, pad_collate
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader
 
 from speechrnn.data import FSDDDataModule
 from speechrnn.features import FeatureSettings, MFCCFrontend, librosa_mfcc
@@ -53,29 +50,6 @@ from speechrnn.models import SequenceClassifierNet
 FSDD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 FSDD_PATTERN = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>.+)_(?P<index>[0-9]+)\.wav$")
 BATCH = 64
-
-
-def machine_lines() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [
-        f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), python {platform.python_version()}",
-        f"date: {datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"command: python {shlex.join(sys.argv)}",
-        load_line("at start"),
-    ]
-
-
-def load_line(when: str) -> str:
-    one, five, fifteen = os.getloadavg()
-    noisy = "  (busy machine: timings are noisy)" if one > 1.5 else ""
-    return f"load average {when}: {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min){noisy}"
 
 
 def select_files(root: Path, limit: int | None, seed: int) -> tuple[list[Path], Path, Path | None]:
@@ -101,45 +75,6 @@ def timed_passes(function: Callable[[], int], repeats: int) -> tuple[float, list
 
 
 # --- the naive training pipeline, written out the usual way ------------------------------------------
-class LibrosaMFCCDataset(Dataset):
-    """Reads and featurises each clip in ``__getitem__``."""
-
-    def __init__(self, items: list[tuple[str, int]], settings: FeatureSettings) -> None:
-        self.items = items
-        self.settings = settings
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.items[index]
-        waveform, _ = sf.read(path, dtype="float32")
-        return torch.from_numpy(librosa_mfcc(waveform, self.settings)), label
-
-
-def pad_collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    features = [item[0] for item in batch]
-    lengths = torch.tensor([len(f) for f in features])
-    labels = torch.tensor([item[1] for item in batch])
-    return pad_sequence(features, batch_first=True), lengths, labels
-
-
-class PackedBiGRU(nn.Module):
-    """``nn.GRU(bidirectional=True)`` over packed sequences, masked mean pooling, linear head."""
-
-    def __init__(self, input_size: int, num_classes: int, hidden: int = 128, layers: int = 2) -> None:
-        super().__init__()
-        self.gru = nn.GRU(input_size, hidden, num_layers=layers, batch_first=True, bidirectional=True)
-        self.head = nn.Linear(2 * hidden, num_classes)
-
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
-        outputs, _ = self.gru(packed)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=features.shape[1])
-        mask = (torch.arange(features.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
-        return self.head((outputs * mask).sum(1) / lengths[:, None])
-
-
 def train_epochs(
     model: nn.Module, batches: Callable[[int], Iterable[tuple[torch.Tensor, ...]]], epochs: int
 ) -> tuple[list[float], list[float], int]:

@@ -13,7 +13,7 @@ import torch
 from speechrnn.audio import AudioError, read_audio
 from speechrnn.data.augment import Augmenter, AugmentSettings
 from speechrnn.data.base import PadCollate, Record, SequenceDataModuleBase
-from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_with_progress
+from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
 from speechrnn.features import FeatureSettings, MFCCFrontend
 
 OnError = Literal["raise", "skip"]
@@ -175,7 +175,7 @@ class AudioDataModule(SequenceDataModuleBase):
                 on_device=self.on_device_features,
                 skip_errors=self.on_error == "skip",
             )
-            results = map_with_progress(
+            results = map_chunks_with_progress(
                 extract,
                 sources,
                 f"{'waveforms' if self.on_device_features else 'features'}: {self.name}",

@@ -186,21 +186,17 @@ def read_skipped(path: Path) -> list[SkippedFile]:
         return [SkippedFile(row["path"], row["reason"]) for row in csv.DictReader(handle)]
 
 
-def map_with_progress(
-    function: Callable[[Any], Any],
+def map_chunks_with_progress(
+    function: Callable[[Sequence[Any]], list[Any]],
     items: Sequence[Any],
     description: str,
     num_workers: int = 0,
-    chunk_size: int | None = None,
+    chunk_size: int = 64,
 ) -> Iterable[Any]:
-    """Yield ``function``'s result for each item in order, with a progress bar, in a process pool
-    when ``num_workers > 0``. With ``chunk_size``, ``function`` takes a list of up to that many
-    items and returns their results (so it can batch work across items)."""
-    if chunk_size is None:
-        chunks: Sequence[Any] = [[item] for item in items]
-        call: Callable[[Any], Any] = _Each(function)
-    else:
-        chunks, call = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)], function
+    """Yield the result for each of ``items`` in order, where ``function`` maps a list of up to
+    ``chunk_size`` items to their results (so it can batch work across items); with a progress bar,
+    in a process pool when ``num_workers > 0``."""
+    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     with Progress(transient=True) as progress:
         task = progress.add_task(description, total=len(items))
         if num_workers > 0:
@@ -208,24 +204,14 @@ def map_with_progress(
 
             with ProcessPoolExecutor(num_workers, initializer=_single_thread) as pool:
                 batch = max(1, len(chunks) // (num_workers * 8))
-                for chunk, results in zip(chunks, pool.map(call, chunks, chunksize=batch), strict=True):
+                for chunk, results in zip(chunks, pool.map(function, chunks, chunksize=batch), strict=True):
                     progress.advance(task, len(chunk))
                     yield from results
         else:
             for chunk in chunks:
-                results = call(chunk)
+                results = function(chunk)
                 progress.advance(task, len(chunk))
                 yield from results
-
-
-class _Each:
-    """``function`` applied to each item of a list (picklable, for the process pool)."""
-
-    def __init__(self, function: Callable[[Any], Any]) -> None:
-        self.function = function
-
-    def __call__(self, chunk: Sequence[Any]) -> list[Any]:
-        return [self.function(item) for item in chunk]
 
 
 def _single_thread() -> None:
