@@ -22,6 +22,7 @@ an epoch are run), the ratios to (a), test accuracy (argmax) after the same step
     python benchmarks/compare_pipelines.py                                  # FSDD, official split
     python benchmarks/compare_pipelines.py --corpus synthetic --clips 10000 --steps 24
     python benchmarks/compare_pipelines.py --limit 200 --steps 10           # smoke test (< 1 min)
+    python benchmarks/compare_pipelines.py --device cuda --precision bf16   # on a GPU (also: 16)
 """
 
 from __future__ import annotations
@@ -123,29 +124,55 @@ def limited_fsdd_root(source: Path, limit: int, seed: int) -> Path:
     return folder
 
 
-# --- (a) the naive pipeline, written out the usual way -----------------------------------------------
 # --- the training loop shared by every pipeline ------------------------------------------------------
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
 
 
-def train(model: nn.Module, batches: Batches, steps: int, epoch_steps: int, lr: float, started: float) -> dict:
+AUTOCAST = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def to_device(features: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Features and labels on ``device``; lengths are left on the CPU (packing needs them there)."""
+    return features.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+def train(
+    model: nn.Module,
+    batches: Batches,
+    steps: int,
+    epoch_steps: int,
+    lr: float,
+    started: float,
+    device: torch.device = torch.device("cpu"),
+    precision: str = "32",
+) -> dict:
     """Plain loop for ``steps`` optimizer steps over epochs of ``batches(epoch)``; per-step timings.
 
     A step's time runs from the end of the previous step (or the epoch's start, which includes
     DataLoader worker start-up) to the end of its optimizer step, so it includes waiting for data.
+    On a GPU each step ends with a synchronisation, so its time is the GPU's, not the launch's;
+    ``precision`` "bf16" or "16" trains under autocast (with gradient scaling for float16).
     """
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
+    dtype = AUTOCAST[precision]
     model.train()
     times, data_times, sizes = [], [], []
     first_epoch_s, first_epoch_steps, epoch = None, None, 0
     while len(times) < steps:
         tick = time.perf_counter()
         for features, lengths, labels in batches(epoch):
+            features, labels = to_device(features, labels, device)
             fetched = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(features, lengths), labels)
-            loss.backward()
-            optimizer.step()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = nn.functional.cross_entropy(model(features, lengths).float(), labels)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             done = time.perf_counter()
             times.append(done - tick)
             data_times.append(fetched - tick)
@@ -170,10 +197,15 @@ def train(model: nn.Module, batches: Batches, steps: int, epoch_steps: int, lr: 
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
+def accuracy(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    device: torch.device = torch.device("cpu"),
+) -> float:
     model.eval()
     correct = total = 0
     for features, lengths, labels in batches:
+        features, labels = to_device(features, labels, device)
         correct += int((model(features, lengths).argmax(1) == labels).sum())
         total += len(labels)
     return correct / max(total, 1)
@@ -217,6 +249,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     result: dict = {"pipeline": args.only, "n_train": n_train, "epoch_steps": math.ceil(n_train / args.batch)}
     cache_dir = None
+    device = torch.device(args.device)
     started = time.perf_counter()
     if args.only == "a":
         model: nn.Module = PackedBiGRU(settings.feature_dim, num_classes)
@@ -230,12 +263,14 @@ def run_pipeline(args: argparse.Namespace) -> dict:
                 shuffle=shuffle,
                 collate_fn=pad_collate,
                 num_workers=args.workers,
+                pin_memory=device.type == "cuda",
                 generator=torch.Generator().manual_seed(args.seed),
             )
 
         train_loader = loader(train_set, True)
         result["setup_s"] = time.perf_counter() - started
-        stats = train(model, lambda epoch: train_loader, args.steps, result["epoch_steps"], args.lr, started)
+        stats = train(model, lambda epoch: train_loader, args.steps, result["epoch_steps"], args.lr, started, device,
+                      args.precision)  # fmt: skip
         test_batches: Iterable = loader(test_set, False)
         result["workers"] = args.workers
     else:
@@ -254,21 +289,24 @@ def run_pipeline(args: argparse.Namespace) -> dict:
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
             train_loader.batch_sampler.set_epoch(epoch)  # as Lightning does each epoch
-            for batch in train_loader:
-                features, lengths, labels, _ = dm.featurize(batch, training=True)
+            for features, lengths, labels, indices in train_loader:
+                # as the Trainer does: tensors to the device (lengths stay on the CPU), then featurize
+                batch = (*to_device(features, labels, device), indices)
+                features, lengths, labels, _ = dm.featurize((batch[0], lengths, *batch[1:]), training=True)
                 yield features, lengths, labels
 
         def test_iter() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-            for batch in dm.test_dataloader():
-                features, lengths, labels, _ = dm.featurize(batch)
+            for features, lengths, labels, indices in dm.test_dataloader():
+                features, labels = to_device(features, labels, device)
+                features, lengths, labels, _ = dm.featurize((features, lengths, labels, indices))
                 yield features, lengths, labels
 
-        stats = train(model, batches, args.steps, result["epoch_steps"], args.lr, started)
+        stats = train(model, batches, args.steps, result["epoch_steps"], args.lr, started, device, args.precision)
         test_batches = test_iter()
         result["cache_mib"] = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file()) / 2**20
     result.update(memory_report(baseline))  # after training, before evaluation
     tick = time.perf_counter()
-    result["test_accuracy"] = accuracy(model, test_batches)
+    result["test_accuracy"] = accuracy(model, test_batches, device)
     result["eval_s"] = time.perf_counter() - tick
     result.update(stats)
     if cache_dir is not None:
@@ -339,6 +377,10 @@ def child_command(args: argparse.Namespace, pipeline: str, workers: int, result_
         str(args.steps),
         "--batch",
         str(args.batch),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
         "--bucket-batches",
         str(args.bucket_batches),
         "--lr",
@@ -421,6 +463,10 @@ def main() -> None:
         help="steps left out of the warm rate when the run is shorter than an epoch + 5 steps",
     )
     parser.add_argument("--batch", type=int, default=64, help="batch size of every pipeline")
+    parser.add_argument("--device", default="cpu", help="where every pipeline trains: cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--precision", choices=sorted(AUTOCAST), default="32", help="autocast dtype (bf16 or 16 on a GPU; 32 on a CPU)"
+    )
     parser.add_argument(
         "--bucket-batches",
         type=int,
@@ -462,6 +508,7 @@ def main() -> None:
     print(f"corpus: {args.corpus}, {len(items)} clips ({n_train} train, {n_test} test) in {args.root}")
     print(
         f"model: BiGRU {LAYERS} x {HIDDEN} on 40 MFCCs, mean pooling; batch {args.batch}, AdamW lr {args.lr}, "
+        f"device {args.device}, precision {args.precision}, "
         f"seed {args.seed}; {args.steps} steps per pipeline ({args.steps / epoch_steps:.2f} epochs of "
         f"{epoch_steps} steps); (b)/(c): plain PyTorch loop over dm.train_dataloader(), no Lightning Trainer"
     )

@@ -7,6 +7,7 @@ layers (forward + backward) against the measured peak of a float32 matrix multip
 
     python benchmarks/train_throughput.py [--cell gru] [--steps 30] [--repeats 3] [--batch 64]
     python benchmarks/train_throughput.py --compile     # also torch.compile (slow: minutes to compile)
+    python benchmarks/train_throughput.py --device cuda --precision bf16-mixed --batch 256
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from speechrnn.models import RNNClassifier, SequenceClassifierNet
 
+CPU = torch.device("cpu")
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
@@ -59,67 +61,96 @@ def recurrent_flops_per_frame(cell: str, input_size: int, hidden: int, layers: i
     return 3 * forward
 
 
-def bare_loop(model: SequenceClassifierNet, batches: list, steps: int) -> float:
+AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_loop(
+    model: SequenceClassifierNet, batches: list, steps: int, device: torch.device = CPU, precision: str = "32-true"
+) -> float:
+    """What the Trainer does per step, by hand: features and labels to the device (lengths stay on
+    the CPU), autocast, backward (scaled for float16), AdamW step."""
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    dtype = AUTOCAST[precision]
     model.train()
+    synchronize(device)
     start = time.perf_counter()
     for step in range(steps):
         features, lengths, labels = batches[step % len(batches)]
+        features, labels = features.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(features, lengths), labels)
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(features, lengths).float(), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    synchronize(device)
     return steps * batches[0][0].shape[0] / (time.perf_counter() - start)
 
 
 class StepTimer(pl.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.steps = warmup, 0.0, 0
+    """Times ``steps`` optimizer steps after ``warmup``; synchronises the GPU only at both ends."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.target, self.start, self.end = warmup, steps, 0.0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
+            synchronize(pl_module.device)
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step > self.warmup:
-            self.steps += 1
+        if trainer.global_step == self.warmup + self.target:
+            synchronize(pl_module.device)
             self.end = time.perf_counter()
 
 
 def lightning_loop(args: argparse.Namespace, batches: list, steps: int, warmup: int) -> float:
     model = RNNClassifier(args.features, args.classes, cell=args.cell, hidden_size=args.hidden, num_layers=args.layers,
                           bidirectional=True, dropout=0.0, scheduler="none", lr=1e-3)  # fmt: skip
-    timer = StepTimer(warmup)
+    timer = StepTimer(warmup, steps)
     trainer = pl.Trainer(
         max_steps=steps + warmup, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer], accelerator="cpu", precision="32-true",
-        limit_val_batches=0, num_sanity_val_steps=0,
+        enable_model_summary=False, callbacks=[timer], accelerator=args.device.type, devices=1,
+        precision=args.precision, limit_val_batches=0, num_sanity_val_steps=0,
     )  # fmt: skip
     loader = DataLoader(FixedBatches(batches), batch_size=None, shuffle=False)
     trainer.fit(model, train_dataloaders=loader)
-    return timer.steps * batches[0][0].shape[0] / (timer.end - timer.start)
+    return steps * batches[0][0].shape[0] / (timer.end - timer.start)
 
 
-def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 2048, repeats: int = 10, device: torch.device = CPU) -> float:
+    """float32 matrix multiply (TF32 off on GPUs unless the user enabled it)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / min(times) / 1e9
 
 
 def recurrent_gflops(args: argparse.Namespace, batches: list, steps: int) -> float:
     net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
-    encoder = net.encoder.train()
+    encoder = net.encoder.to(args.device).train()
     features, lengths, _ = batches[0]
+    features = features.to(args.device)
     for _ in range(3):
         encoder(features, lengths)[0].sum().backward()
+    synchronize(args.device)
     start = time.perf_counter()
     for _ in range(steps):
         encoder(features, lengths)[0].sum().backward()
+    synchronize(args.device)
     elapsed = time.perf_counter() - start
     frames = steps * features.shape[0] * features.shape[1]
     return recurrent_flops_per_frame(args.cell, args.features, args.hidden, args.layers, 2) * frames / elapsed / 1e9
@@ -134,15 +165,15 @@ def compiled_loop(args: argparse.Namespace, batches: list, steps: int) -> tuple[
     net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
     compiled = torch.compile(net)
     tick = time.perf_counter()
-    bare_loop(compiled, batches, 1)
+    bare_loop(compiled, batches, 1, args.device, args.precision)
     compile_s = time.perf_counter() - tick
-    bare_loop(compiled, batches, args.warmup)
+    bare_loop(compiled, batches, args.warmup, args.device, args.precision)
     eager = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
-    bare_loop(eager, batches, args.warmup)
+    bare_loop(eager, batches, args.warmup, args.device, args.precision)
     rates_eager, rates_compiled = [], []
     for _ in range(args.repeats):
-        rates_eager.append(bare_loop(eager, batches, steps))
-        rates_compiled.append(bare_loop(compiled, batches, steps))
+        rates_eager.append(bare_loop(eager, batches, steps, args.device, args.precision))
+        rates_compiled.append(bare_loop(compiled, batches, steps, args.device, args.precision))
     return compile_s, statistics.median(rates_eager), statistics.median(rates_compiled)
 
 
@@ -159,26 +190,28 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the bare loop")
+    parser.add_argument("--device", type=torch.device, default=CPU, help="cpu (default) or cuda")
+    parser.add_argument("--precision", choices=sorted(AUTOCAST), default="32-true", help="both loops")
     args = parser.parse_args()
     torch.manual_seed(0)
     batches = make_batches(8, args.batch, args.frames, args.features, args.classes)
     machine = platform.processor() or platform.machine()
     print(f"machine: {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     shape = f"batch {args.batch} x {args.frames} frames x {args.features}"
-    print(f"model: Bi{args.cell.upper()} {args.layers} x {args.hidden}, {shape}")
+    print(f"model: Bi{args.cell.upper()} {args.layers} x {args.hidden}, {shape}; {args.device}, {args.precision}")
 
     bare, lightning = [], []
     for _ in range(args.repeats):
         net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
-        bare_loop(net, batches, args.warmup)
-        bare.append(bare_loop(net, batches, args.steps))
+        bare_loop(net, batches, args.warmup, args.device, args.precision)
+        bare.append(bare_loop(net, batches, args.steps, args.device, args.precision))
         lightning.append(lightning_loop(args, batches, args.steps, args.warmup))
     bare_median, lightning_median = statistics.median(bare), statistics.median(lightning)
     print(f"bare PyTorch loop   {bare_median:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in bare)})")
     print(f"Lightning fit loop  {lightning_median:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in lightning)})")
     print(f"ratio Lightning / bare: {lightning_median / bare_median:.3f}")
 
-    peak = matmul_peak()
+    peak = matmul_peak(device=args.device)
     achieved = statistics.median(recurrent_gflops(args, batches, max(5, args.steps // 3)) for _ in range(args.repeats))
     flops = recurrent_flops_per_frame(args.cell, args.features, args.hidden, args.layers, 2)
     print(f"recurrent layers: {flops / 1e6:.2f} MFLOP per frame (forward + backward)")
