@@ -291,8 +291,8 @@ def run_pipeline(args: argparse.Namespace) -> dict:
             train_loader.batch_sampler.set_epoch(epoch)  # as Lightning does each epoch
             for features, lengths, labels, indices in train_loader:
                 # as the Trainer does: tensors to the device (lengths stay on the CPU), then featurize
-                batch = (*to_device(features, labels, device), indices)
-                features, lengths, labels, _ = dm.featurize((batch[0], lengths, *batch[1:]), training=True)
+                features, labels = to_device(features, labels, device)
+                features, lengths, labels, _ = dm.featurize((features, lengths, labels, indices), training=True)
                 yield features, lengths, labels
 
         def test_iter() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
