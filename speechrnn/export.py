@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechrnn.features import FeatureSettings, MFCCFrontend, lengths_mask, normalize_utterances, reflect_past_ends
+from speechrnn.features import FeatureSettings, MFCCFrontend, lengths_mask
 from speechrnn.io import atomic_write_bytes
 from speechrnn.models.classifier import RNNClassifier
 from speechrnn.models.encoder import RecurrentEncoder, reverse_within_length
@@ -92,41 +92,6 @@ def deltas(coeffs: torch.Tensor, win_length: int = 5) -> torch.Tensor:
     padded = F.pad(coeffs, (n, n), mode="replicate")
     shifted = [k * (padded[..., n + k : n + k + frames] - padded[..., n - k : n - k + frames]) for k in range(1, n + 1)]
     return sum(shifted) / (n * (n + 1) * (2 * n + 1) / 3)
-
-
-def mfcc_features(
-    frontend: MFCCFrontend, waveforms: torch.Tensor, lengths: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``MFCCFrontend.forward`` with shapes that follow the batch's width instead of its data.
-
-    The front end cuts its frames at the longest clip's frame count (``int`` of a tensor), which
-    an exported graph cannot depend on; here every frame the STFT yields is kept, and the extra
-    ones past each clip's end are masked by every later stage exactly like padding, so valid
-    outputs are unchanged. Uses the front end's own modules and buffers, so settings cannot drift.
-    """
-    settings = frontend.settings
-    lengths = lengths.to(waveforms.device, torch.int64)
-    frame_lengths = settings.num_frames(lengths)
-    audio = reflect_past_ends(waveforms.float(), lengths, settings.n_fft // 2)
-    power = frontend.melspectrogram(audio)  # (B, n_mels, T)
-    frames = power.shape[-1]
-    decibels = 10.0 * torch.log10(power.clamp_min(1e-10))
-    valid = lengths_mask(frame_lengths, frames, decibels.device).unsqueeze(1)
-    peak = decibels.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)
-    decibels = torch.maximum(decibels, peak - frontend.top_db)
-    coeffs = torch.matmul(decibels.transpose(1, 2), frontend.dct).transpose(1, 2)  # (B, n_mfcc, T)
-    parts = [coeffs]
-    if settings.deltas:
-        steps = torch.arange(frames, device=coeffs.device)
-        index = torch.minimum(steps[None, :], frame_lengths[:, None] - 1)[:, None, :].expand_as(coeffs)
-        for _ in range(settings.deltas):
-            parts.append(deltas(parts[-1].gather(2, index)))
-    features = torch.cat(parts, dim=1).transpose(1, 2)
-    if settings.normalize == "utterance":
-        features = normalize_utterances(features, frame_lengths)
-    else:
-        features = features * valid.transpose(1, 2).to(features.dtype)
-    return features, frame_lengths
 
 
 class FeatureClassifier(nn.Module):
@@ -242,7 +207,9 @@ class WaveformClassifier(nn.Module):
         return self.classifier.class_names
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        features, frame_lengths = mfcc_features(self.frontend, waveforms, lengths)
+        # Every STFT frame is kept: an exported graph's shapes cannot depend on the lengths' values.
+        lengths = lengths.to(waveforms.device, torch.int64)
+        features, frame_lengths = self.frontend.compute(waveforms, lengths, frames=None, deltas=deltas)
         return self.classifier(features, frame_lengths)
 
     def metadata(self) -> dict[str, Any]:

@@ -20,6 +20,8 @@ deltas                 ``compute_deltas(win_length=5)``  ``delta(width=5, mode="
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -178,30 +180,48 @@ class MFCCFrontend(nn.Module):
     def forward(
         self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features (B, T, F), frame lengths (B,) int64 on the CPU)``; ``T`` is the longest clip's."""
         if lengths is None:
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[-1], dtype=torch.int64)
         lengths = lengths.cpu().to(torch.int64)
+        frames = int(self.settings.num_frames(lengths).max())
+        return self.compute(waveforms, lengths, frames)
+
+    def compute(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor,
+        frames: int | None = None,
+        deltas: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The front end for ``lengths`` (int64, any device), keeping ``frames`` frames (all the STFT
+        yields when None, as an exported graph needs: frames past each clip's end are masked like
+        padding). ``deltas`` replaces torchaudio's ``compute_deltas(win_length=5)``."""
+        deltas = deltas or functools.partial(torchaudio.functional.compute_deltas, win_length=5)
         frame_lengths = self.settings.num_frames(lengths)
-        total_frames = int(frame_lengths.max())
         audio = reflect_past_ends(waveforms.float(), lengths, self.settings.n_fft // 2)
-        power = self.melspectrogram(audio)[..., :total_frames]  # (B, n_mels, T)
+        power = self.melspectrogram(audio)  # (B, n_mels, T)
+        if frames is not None:
+            power = power[..., :frames]
+        frames = power.shape[-1]
         decibels = 10.0 * torch.log10(power.clamp_min(1e-10))
-        valid = lengths_mask(frame_lengths, total_frames, decibels.device).unsqueeze(1)
+        valid = lengths_mask(frame_lengths, frames, decibels.device).unsqueeze(1)
         peak = decibels.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)
         decibels = torch.maximum(decibels, peak - self.top_db)
         coeffs = torch.matmul(decibels.transpose(1, 2), self.dct).transpose(1, 2)  # (B, n_mfcc, T)
         parts = [coeffs]
         if self.settings.deltas:
             # Deltas replicate edge frames; hold each clip's last frame so its own edge is replicated.
-            last = torch.minimum(torch.arange(total_frames), frame_lengths[:, None] - 1).to(coeffs.device)
+            steps = torch.arange(frames, device=coeffs.device)
+            last = torch.minimum(steps[None, :], frame_lengths.to(coeffs.device)[:, None] - 1)
             index = last[:, None, :].expand_as(coeffs)
             for _ in range(self.settings.deltas):
-                parts.append(torchaudio.functional.compute_deltas(parts[-1].gather(2, index), win_length=5))
+                parts.append(deltas(parts[-1].gather(2, index)))
         features = torch.cat(parts, dim=1).transpose(1, 2).contiguous()
         if self.settings.normalize == "utterance":
             features = normalize_utterances(features, frame_lengths)
         else:
-            features = features * valid.transpose(1, 2)
+            features = features * valid.transpose(1, 2).to(features.dtype)
         return features, frame_lengths
 
 
