@@ -25,11 +25,6 @@ def _frontend(settings: FeatureSettings) -> MFCCFrontend:
     return MFCCFrontend(settings).eval()
 
 
-def extract_features(path: str, settings: FeatureSettings) -> np.ndarray:
-    """MFCC sequence ``(T, F)`` of one file, exactly as training sees it; raises :class:`AudioError`."""
-    return extract_features_batch([path], settings)[0]
-
-
 def extract_waveform(path: str, settings: FeatureSettings) -> np.ndarray:
     """Checked, resampled mono waveform as a ``(samples, 1)`` array, for on-device features."""
     return read_audio(path, settings.rate, min_samples=settings.win_length).numpy()[:, None]
