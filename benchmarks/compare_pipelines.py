@@ -14,6 +14,9 @@ memory (``ru_maxrss``) is its own:
 (c) speechrnn, on-device features: ``on_device_features=True`` (a waveform cache), batches through
     ``dm.featurize(batch)`` (torchaudio MFCC per batch), otherwise as (b).
 
+Two more on request (``--pipelines``): (r) is (b) without bucketing, (g) is (b) with PyTorch's
+``nn.GRU`` instead of the fused CPU GRU (``encoder.fused_cpu_gru = False``), to separate the gains.
+
 Printed per pipeline: samples/s once warm (median over per-step rates after the first epoch, or
 after ``--warmup-steps`` when the run is shorter than two epochs), time of the first epoch from a
 cold start (cache building and warm-ups included; extrapolated, marked ``*``, when fewer steps than
@@ -63,6 +66,7 @@ PIPELINES = {
     "b": "(b) speechrnn: feature cache, bucketing",
     "c": "(c) speechrnn: on-device features",
     "r": "(r) speechrnn: feature cache, no bucketing (random batches)",
+    "g": "(g) speechrnn: as (b), with nn.GRU instead of the fused CPU GRU",
 }
 
 
@@ -285,6 +289,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         from speechrnn.models import SequenceClassifierNet
 
         model = SequenceClassifierNet(dm.feature_dim, dm.num_classes, "gru", HIDDEN, LAYERS, True, pooling="mean")
+        model.encoder.fused_cpu_gru = args.only != "g"
         train_loader = dm.train_dataloader()
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -482,7 +487,7 @@ def main() -> None:
     parser.add_argument(
         "--pipelines",
         default="abc",
-        help="which pipelines to run (subset of abcr; r: (b) without bucketing, to separate bucketing from the rest)",
+        help="pipelines to run (subset of abcrg; r: (b) without bucketing; g: (b) with nn.GRU, not the fused GRU)",
     )
     parser.add_argument("--only", choices=tuple(PIPELINES), help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
@@ -514,7 +519,7 @@ def main() -> None:
     )
 
     runs = [("a", int(w)) for w in args.naive_workers.split(",") if "a" in args.pipelines]
-    runs += [(p, 0) for p in "bcr" if p in args.pipelines]
+    runs += [(p, 0) for p in "bcrg" if p in args.pipelines]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-results-") as results:
         for pipeline, workers in runs:

@@ -9,6 +9,10 @@ from its first frame, so padding after the end is only seen after every valid st
 direction reads each sequence reversed *within its own length* (then its outputs are reversed
 back), so it too starts at the true last frame. ``packed=True`` instead packs sequences, which
 skips the compute spent on padding; both paths give the same valid outputs.
+
+Training a GRU on the CPU goes through :func:`speechrnn.models.fused_gru.fused_gru` (the same
+parameters and equations, both directions in one loop, backpropagation through time written out);
+``encoder.fused_cpu_gru = False`` uses ``nn.GRU`` there too.
 """
 
 from __future__ import annotations
@@ -19,18 +23,25 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from speechrnn.models.fused_gru import fused_gru
+
 Cell = Literal["rnn", "gru", "lstm"]
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse each ``(batch, time, ...)`` sequence over its first ``lengths[b]`` frames; padding
-    stays in place. The operation is its own inverse."""
-    steps = torch.arange(x.shape[1], device=x.device)
-    lengths = lengths.to(x.device)[:, None]
+def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor, time_dim: int = 1) -> torch.Tensor:
+    """Reverse each sequence of ``x`` (``(batch, time, ...)``, or ``(time, batch, ...)`` with
+    ``time_dim=0``) over its first ``lengths[b]`` frames; padding stays in place. The operation is
+    its own inverse."""
+    steps = torch.arange(x.shape[time_dim], device=x.device)
+    lengths = lengths.to(x.device)
+    if time_dim == 0:
+        steps, lengths = steps[:, None], lengths[None, :]
+    else:
+        steps, lengths = steps[None, :], lengths[:, None]
     index = torch.where(steps < lengths, lengths - 1 - steps, steps)
-    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
+    return x.gather(time_dim, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
 
 
 class RecurrentEncoder(nn.Module):
@@ -39,6 +50,9 @@ class RecurrentEncoder(nn.Module):
     ``forward`` returns outputs ``(batch, time, num_directions * hidden_size)`` whose padded frames
     are zero; the backward direction's output at frame ``t`` summarises frames ``t..length-1``.
     """
+
+    fused_cpu_gru: bool = True
+    """Train GRUs on the CPU with :func:`~speechrnn.models.fused_gru.fused_gru` (exact; faster)."""
 
     def __init__(
         self,
@@ -107,6 +121,8 @@ class RecurrentEncoder(nn.Module):
         # An LSTM's cell state is not among its outputs, so only packing gives it at ragged ends.
         packed = self.packed or (return_states and self.cell == "lstm" and not full)
         mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)
+        if self._fused_applies(x, packed, states, return_states):
+            return self._forward_fused(x, lengths) * mask, None
         final_states: list[State] = []
         for depth, directions in enumerate(self.layers):
             if depth > 0:
@@ -125,3 +141,32 @@ class RecurrentEncoder(nn.Module):
                     forward_state = forward_out[torch.arange(x.shape[0], device=x.device), last].unsqueeze(0)
                 final_states.append(forward_state)
         return x, (final_states if return_states else None)
+
+    def _fused_applies(self, x: torch.Tensor, packed: bool, states: list[State] | None, return_states: bool) -> bool:
+        return (
+            self.fused_cpu_gru
+            and self.cell == "gru"
+            and not packed
+            and states is None
+            and not return_states
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting()
+        )
+
+    def _forward_fused(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The padded path's layers through :func:`fused_gru`, time-major; padding not yet zeroed."""
+        x = x.transpose(0, 1)
+        for depth, directions in enumerate(self.layers):
+            if depth > 0:
+                x = self.dropout(x)
+            if self.bidirectional:
+                inputs = torch.stack([x, reverse_within_length(x, lengths, time_dim=0)])
+                outputs = fused_gru(inputs, directions)
+                x = torch.cat([outputs[0], reverse_within_length(outputs[1], lengths, time_dim=0)], dim=-1)
+            else:
+                x = fused_gru(x.unsqueeze(0).contiguous(), directions)[0]
+        return x.transpose(0, 1)

@@ -1,0 +1,112 @@
+"""A GRU layer for CPU training whose backpropagation through time is written out by hand.
+
+The recurrence is PyTorch's ``nn.GRU`` exactly (same parameters, same equations)::
+
+    r_t = sigmoid(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+    z_t = sigmoid(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+    n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
+    h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+
+Why it exists: on the CPU, PyTorch has no fused GRU kernel (oneDNN serves only LSTMs), so autograd
+records about twenty small operations per time step and accumulates every weight gradient one step
+at a time. Here both directions of a bidirectional layer run in one loop as batched matrix
+products, the backward pass keeps only the one product that is truly sequential
+(``dh_{t-1} = dh_t z_t + dG_t W_hh``) inside the loop, and the weight and input gradients are one
+matrix product each over all steps. Measured on a 2-core CPU it trains a 2 x 128 BiGRU about
+1.3 times faster than ``nn.GRU`` (``benchmarks/README.md``).
+
+Gradients with respect to the initial state are not produced (it is always zero here), and the
+function is differentiable once (no double backward).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+class FusedGRUFunction(torch.autograd.Function):
+    """``D`` independent single-layer GRUs over ``x: (D, time, batch, input)`` from zero states;
+    returns every hidden state ``(D, time, batch, hidden)``. Weights are stacked over ``D``:
+    ``w_ih (D, 3H, input)``, ``w_hh (D, 3H, H)``, biases ``(D, 3H)``, gates in PyTorch's order r, z, n.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor
+    ) -> torch.Tensor:
+        x = x.contiguous()
+        directions, steps, batch, inputs = x.shape
+        hidden = w_hh.shape[2]
+        two = 2 * hidden
+        # pre[:, t, :, :2H] accumulates the whole r, z pre-activation; pre[..., 2H:] becomes W_hn h + b_hn.
+        bias = torch.cat([b_ih[:, :two] + b_hh[:, :two], b_ih[:, two:]], dim=1)
+        pre = torch.baddbmm(bias.unsqueeze(1), x.reshape(directions, steps * batch, inputs), w_ih.transpose(1, 2))
+        pre = pre.view(directions, steps, batch, 3 * hidden)
+        input_n = pre[..., two:].clone()
+        pre[..., two:] = b_hh[:, None, None, two:]
+        states = x.new_empty(directions, steps + 1, batch, hidden)
+        states[:, 0].zero_()
+        rz = x.new_empty(directions, steps, batch, two)
+        n = x.new_empty(directions, steps, batch, hidden)
+        w_hh_t = w_hh.transpose(1, 2).contiguous()
+        for t in range(steps):
+            pre[:, t].baddbmm_(states[:, t], w_hh_t)
+            torch.sigmoid(pre[:, t, :, :two], out=rz[:, t])
+            torch.addcmul(input_n[:, t], rz[:, t, :, :hidden], pre[:, t, :, two:], out=n[:, t]).tanh_()
+            torch.lerp(n[:, t], states[:, t], rz[:, t, :, hidden:], out=states[:, t + 1])
+        ctx.save_for_backward(x, w_ih, w_hh, states, pre[..., two:], rz, n)
+        return states[:, 1:]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        x, w_ih, w_hh, states, hidden_n, rz, n = ctx.saved_tensors
+        directions, steps, batch, inputs = x.shape
+        hidden = w_hh.shape[2]
+        two = 2 * hidden
+        r, z = rz[..., :hidden], rz[..., hidden:]
+        # Per-step factors from d(loss)/d(h_t) to each gate's pre-activation, all steps at once.
+        dn_pre = torch.ops.aten.tanh_backward(1 - z, n)  # (1 - z)(1 - n^2)
+        factors = x.new_empty(directions, steps, batch, 3, hidden)
+        torch.mul(dn_pre, hidden_n, out=factors[..., 0, :])
+        torch.sub(states[:, :-1], n, out=factors[..., 1, :])
+        rz_factors = factors[..., :2, :].view(directions, steps, batch, two)
+        torch.ops.aten.sigmoid_backward(rz_factors, rz, grad_input=rz_factors)
+        torch.mul(dn_pre, r, out=factors[..., 2, :])
+
+        grad_gates = x.new_empty(directions, steps, batch, 3 * hidden)  # d pre-activations of W_hh h
+        gate_view = grad_gates.view(directions, steps, batch, 3, hidden)
+        # d(loss)/d(h_t) including the future, time-major so each step's product writes contiguously.
+        grad_states = grad_out.transpose(0, 1).contiguous()
+        for t in range(steps - 1, -1, -1):
+            torch.mul(grad_states[t].unsqueeze(-2), factors[:, t], out=gate_view[:, t])
+            if t > 0:
+                grad_states[t - 1].addcmul_(grad_states[t], z[:, t]).baddbmm_(grad_gates[:, t], w_hh)
+        grad_states = grad_states.transpose(0, 1)
+
+        flat_gates = grad_gates.view(directions, steps * batch, 3 * hidden)
+        grad_w_hh = torch.bmm(flat_gates.transpose(1, 2), states[:, :-1].reshape(directions, steps * batch, hidden))
+        grad_b_hh = flat_gates.sum(1)
+        torch.mul(grad_states, dn_pre, out=grad_gates[..., two:])  # W_in x_t is not gated by r_t
+        grad_w_ih = torch.bmm(flat_gates.transpose(1, 2), x.reshape(directions, steps * batch, inputs))
+        grad_b_ih = flat_gates.sum(1)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(flat_gates, w_ih).view(directions, steps, batch, inputs)
+        return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
+
+
+def fused_gru(x: torch.Tensor, cells: Sequence[nn.GRU]) -> torch.Tensor:
+    """Run single-layer, biased ``nn.GRU`` modules (one per direction) over ``x: (D, time, batch, input)``
+    from zero states, with their own parameters; returns ``(D, time, batch, hidden)``."""
+    return FusedGRUFunction.apply(
+        x,
+        torch.stack([cell.weight_ih_l0 for cell in cells]),
+        torch.stack([cell.weight_hh_l0 for cell in cells]),
+        torch.stack([cell.bias_ih_l0 for cell in cells]),
+        torch.stack([cell.bias_hh_l0 for cell in cells]),
+    )

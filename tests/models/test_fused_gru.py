@@ -1,0 +1,131 @@
+"""The fused CPU GRU equals ``nn.GRU`` in value and gradient, and the encoder uses it only where it
+applies (training on the CPU, unpacked, no carried state)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from speechrnn.models import RecurrentEncoder, SequenceClassifierNet
+from speechrnn.models.fused_gru import FusedGRUFunction, fused_gru
+
+TIGHT = {"rtol": 1e-10, "atol": 1e-10}
+
+
+def gru_cells(directions: int, inputs: int, hidden: int, seed: int = 0) -> list[nn.GRU]:
+    torch.manual_seed(seed)
+    cells = [nn.GRU(inputs, hidden, batch_first=True).double() for _ in range(directions)]
+    with torch.no_grad():  # biases away from zero so every bias gradient is exercised
+        for cell in cells:
+            cell.bias_ih_l0.uniform_(-1, 1)
+            cell.bias_hh_l0.uniform_(-1, 1)
+    return cells
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+def test_values_and_every_gradient_match_nn_gru(directions: int) -> None:
+    steps, batch, inputs, hidden = 9, 3, 5, 4
+    cells = gru_cells(directions, inputs, hidden)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(directions, steps, batch, inputs, dtype=torch.float64, generator=generator, requires_grad=True)
+    upstream = torch.randn(directions, steps, batch, hidden, dtype=torch.float64, generator=generator)
+
+    reference = torch.stack([cell(x[d].transpose(0, 1))[0].transpose(0, 1) for d, cell in enumerate(cells)])
+    expected = torch.autograd.grad((reference * upstream).sum(), [x, *[p for c in cells for p in c.parameters()]])
+    fused = fused_gru(x, cells)
+    got = torch.autograd.grad((fused * upstream).sum(), [x, *[p for c in cells for p in c.parameters()]])
+
+    torch.testing.assert_close(fused, reference, **TIGHT)
+    assert len(got) == 1 + 4 * directions
+    for ours, theirs in zip(got, expected, strict=True):
+        torch.testing.assert_close(ours, theirs, **TIGHT)
+
+
+def test_gradcheck_against_finite_differences() -> None:
+    generator = torch.Generator().manual_seed(2)
+    x, w_ih, w_hh, b_ih, b_hh = (
+        torch.randn(*shape, dtype=torch.float64, generator=generator, requires_grad=True)
+        for shape in [(2, 4, 2, 3), (2, 6, 3), (2, 6, 2), (2, 6), (2, 6)]
+    )
+    assert torch.autograd.gradcheck(FusedGRUFunction.apply, (x, w_ih, w_hh, b_ih, b_hh))
+
+
+def ragged(batch: int = 4, steps: int = 7, features: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(batch, steps, features, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    lengths = torch.tensor([5, steps, 1, 3])[:batch]
+    mask = torch.arange(steps)[None, :] < lengths[:, None]
+    return torch.where(mask.unsqueeze(-1), x, 9.0), lengths  # finite junk in the padding
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_encoder_fused_and_nn_gru_paths_agree_in_value_and_gradient(bidirectional: bool) -> None:
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(5, 4, num_layers=2, cell="gru", bidirectional=bidirectional).double()
+    x, lengths = ragged()
+    upstream = torch.randn(4, 7, encoder.output_size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    results = {}
+    for fused in (False, True):
+        encoder.fused_cpu_gru = fused
+        inputs = x.clone().requires_grad_(True)
+        outputs, _ = encoder(inputs, lengths)
+        grads = torch.autograd.grad((outputs * upstream).sum(), [inputs, *encoder.parameters()])
+        results[fused] = (outputs, grads, outputs.grad_fn)
+
+    torch.testing.assert_close(results[True][0], results[False][0], **TIGHT)
+    for ours, theirs in zip(results[True][1], results[False][1], strict=True):
+        torch.testing.assert_close(ours, theirs, **TIGHT)
+    assert torch.all(results[True][0][2, 1:] == 0)  # padding zeroed, as on the other path
+
+    def graph_has_fused(function) -> bool:
+        seen, stack = set(), [function]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if "FusedGRUFunction" in type(node).__name__:
+                return True
+            stack.extend(next_fn for next_fn, _ in node.next_functions)
+        return False
+
+    assert graph_has_fused(results[True][2]) and not graph_has_fused(results[False][2])
+
+
+def test_training_gradients_of_a_padded_batch_equal_the_sum_over_sequences_alone() -> None:
+    """Backpropagation through the fused path is exact under padding: the batch's summed loss has
+    the parameter gradients of each sequence's loss computed on its own, added up."""
+    torch.manual_seed(0)
+    net = SequenceClassifierNet(5, 3, "gru", hidden_size=4, num_layers=2, bidirectional=True).double()
+    x, lengths = ragged()
+    labels = torch.tensor([0, 2, 1, 2])
+
+    def grads(features: torch.Tensor, lens: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+        loss = nn.functional.cross_entropy(net(features, lens), targets, reduction="sum")
+        return list(torch.autograd.grad(loss, list(net.parameters())))
+
+    batched = grads(x, lengths, labels)
+    alone = [grads(x[i : i + 1, : int(n)], lengths[i : i + 1], labels[i : i + 1]) for i, n in enumerate(lengths)]
+    for index, total in enumerate(batched):
+        torch.testing.assert_close(total, sum(each[index] for each in alone), **TIGHT)
+
+
+def test_fused_path_is_left_where_it_does_not_apply() -> None:
+    encoder = RecurrentEncoder(5, 4, num_layers=1, cell="gru", bidirectional=False)
+    x, lengths = ragged()
+    x = x.float()
+    calls = []
+    original = FusedGRUFunction.apply
+    FusedGRUFunction.apply = lambda *args: calls.append(1) or original(*args)
+    try:
+        encoder(x, lengths)
+        assert len(calls) == 1
+        with torch.no_grad():
+            encoder(x, lengths)  # inference: nn.GRU
+        encoder(x, lengths, return_states=True)  # states: nn.GRU
+        encoder.packed = True
+        encoder(x, lengths)
+        assert len(calls) == 1
+    finally:
+        FusedGRUFunction.apply = original
