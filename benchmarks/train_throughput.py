@@ -139,9 +139,27 @@ def matmul_peak(size: int = 2048, repeats: int = 10, device: torch.device = CPU)
     return 2 * size**3 / min(times) / 1e9
 
 
-def recurrent_gflops(args: argparse.Namespace, batches: list, steps: int) -> float:
+def step_matmul_peak(batch: int, hidden: int, gates: int, repeats: int = 200, device: torch.device = CPU) -> float:
+    """GFLOP/s of the recurrence's own product, ``(batch x hidden) @ (hidden x gates*hidden)`` for two
+    directions at once: what one time step's matmul can reach, as opposed to a large matmul's peak."""
+    h = torch.randn(2, batch, hidden, device=device)
+    w = torch.randn(2, hidden, gates * hidden, device=device)
+    out = torch.bmm(h, w)
+    for _ in range(20):
+        torch.bmm(h, w, out=out)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.bmm(h, w, out=out)
+    synchronize(device)
+    return 2 * 2 * batch * hidden * gates * hidden * repeats / (time.perf_counter() - start) / 1e9
+
+
+def recurrent_gflops(args: argparse.Namespace, batches: list, steps: int, fused: bool = True) -> float:
+    """Achieved GFLOP/s of the encoder alone, forward and backward (``fused``: the fused CPU GRU)."""
     net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
     encoder = net.encoder.to(args.device).train()
+    encoder.fused_cpu_gru = fused
     features, lengths, _ = batches[0]
     features = features.to(args.device)
     for _ in range(3):
@@ -212,11 +230,23 @@ def main() -> None:
     print(f"ratio Lightning / bare: {lightning_median / bare_median:.3f}")
 
     peak = matmul_peak(device=args.device)
-    achieved = statistics.median(recurrent_gflops(args, batches, max(5, args.steps // 3)) for _ in range(args.repeats))
+    step_peak = step_matmul_peak(args.batch, args.hidden, GATES[args.cell], device=args.device)
     flops = recurrent_flops_per_frame(args.cell, args.features, args.hidden, args.layers, 2)
     print(f"recurrent layers: {flops / 1e6:.2f} MFLOP per frame (forward + backward)")
-    print(f"recurrent layers achieved {achieved:.1f} GFLOP/s; float32 matmul peak {peak:.1f} GFLOP/s "
-          f"({100 * achieved / peak:.0f}% of peak)")  # fmt: skip
+    print(f"float32 matmul peak {peak:.1f} GFLOP/s (2048 x 2048); one time step's product "
+          f"({args.batch} x {args.hidden}) @ ({args.hidden} x {GATES[args.cell] * args.hidden}), both directions: "
+          f"{step_peak:.1f} GFLOP/s")  # fmt: skip
+    variants = [True, False] if args.cell == "gru" and args.device.type == "cpu" else [True]
+    steps = max(5, args.steps // 3)
+    rates: dict[bool, list[float]] = {fused: [] for fused in variants}
+    for _ in range(args.repeats):  # interleaved, so both see the same machine
+        for fused in variants:
+            rates[fused].append(recurrent_gflops(args, batches, steps, fused))
+    for fused in variants:
+        name = "fused CPU GRU" if fused and len(variants) == 2 else ("nn.GRU" if len(variants) == 2 else "encoder")
+        achieved = statistics.median(rates[fused])
+        print(f"recurrent layers ({name}) achieved {achieved:.1f} GFLOP/s: {100 * achieved / peak:.0f}% of the matmul "
+              f"peak, {100 * achieved / step_peak:.0f}% of the step product's rate")  # fmt: skip
     if args.compile:
         compile_s, eager, compiled = compiled_loop(args, batches, args.steps)
         print(f"torch.compile: first step (compilation) {compile_s:.1f} s; bare loop eager {eager:.1f} vs "

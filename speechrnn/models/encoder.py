@@ -165,8 +165,8 @@ class RecurrentEncoder(nn.Module):
                 x = self.dropout(x)
             if self.bidirectional:
                 inputs = torch.stack([x, reverse_within_length(x, lengths, time_dim=0)])
-                outputs = fused_gru(inputs, directions)
-                x = torch.cat([outputs[0], reverse_within_length(outputs[1], lengths, time_dim=0)], dim=-1)
+                forward_out, backward_out = fused_gru(inputs, directions).unbind(0)
+                x = torch.cat([forward_out, reverse_within_length(backward_out, lengths, time_dim=0)], dim=-1)
             else:
-                x = fused_gru(x.unsqueeze(0).contiguous(), directions)[0]
+                x = fused_gru(x.unsqueeze(0).contiguous(), directions).squeeze(0)
         return x.transpose(0, 1)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from speechrnn.models import RecurrentEncoder, SequenceClassifierNet
-from speechrnn.models.fused_gru import FusedGRUFunction, fused_gru
+from speechrnn.models.fused_gru import SCRATCH, FusedGRUFunction, fused_gru
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
 
@@ -129,3 +129,27 @@ def test_fused_path_is_left_where_it_does_not_apply() -> None:
         assert len(calls) == 1
     finally:
         FusedGRUFunction.apply = original
+
+
+def test_scratch_buffers_reused_across_steps_of_different_lengths_stay_exact() -> None:
+    cells = gru_cells(2, 5, 4)
+    parameters = [p for c in cells for p in c.parameters()]
+    for steps in (9, 4, 12, 9):
+        x = torch.randn(2, steps, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(steps))
+        reference = torch.stack([cell(x[d].transpose(0, 1))[0].transpose(0, 1) for d, cell in enumerate(cells)])
+        expected = torch.autograd.grad(reference.square().sum(), parameters)
+        got = torch.autograd.grad(fused_gru(x, cells).square().sum(), parameters)
+        for ours, theirs in zip(got, expected, strict=True):
+            torch.testing.assert_close(ours, theirs, **TIGHT)
+    assert SCRATCH._free, "the scratch buffers were not kept for the next step"
+
+
+def test_a_retained_graph_backpropagates_twice_to_the_same_gradients() -> None:
+    cells = gru_cells(2, 5, 4)
+    x = torch.randn(2, 6, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    loss = fused_gru(x, cells).square().sum()
+    first = torch.autograd.grad(loss, list(cells[0].parameters()), retain_graph=True)
+    fused_gru(x * 2, cells).sum().backward()  # another step in between takes the scratch buffers
+    second = torch.autograd.grad(loss, list(cells[0].parameters()))
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
