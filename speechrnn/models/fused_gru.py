@@ -10,13 +10,12 @@ The recurrence is PyTorch's ``nn.GRU`` exactly (same parameters, same equations)
 Why it exists: on the CPU, PyTorch has no fused GRU kernel (oneDNN serves only LSTMs), so autograd
 records a dozen small operations per time step, each with its own backward, and accumulates the
 recurrent weight gradient one step at a time. Here both directions of a bidirectional layer run in
-one loop as batched matrix products, the backward pass keeps inside its loop only what is truly
-sequential,
-``dL/dh_{t-1} = dL/dy_{t-1} + dL/dh_t * z_t + dG_t W_hh`` (``dG_t``: the gradients of the three
-gates' pre-activations at step t), and the weight and input gradients are one matrix product each
-over all steps. On a 2-core CPU a 2 x 128 BiGRU trains on FSDD 1.24-1.65x
-faster (median 1.45x over six runs) than through ``nn.GRU`` (``benchmarks/README.md``). On a GPU
-the encoder keeps ``nn.GRU`` (cuDNN).
+one loop as batched matrix products; the backward pass keeps inside its loop only what is truly
+sequential, ``dL/dh_{t-1} = dL/dy_{t-1} + dL/dh_t * z_t + dG_t W_hh`` (``dG_t``: the gradients of
+the three gates' pre-activations at step t), and the weight and input gradients are one matrix
+product each over all steps. On a 2-core CPU a 2 x 128 BiGRU trains on FSDD 1.56-1.60x faster than
+through ``nn.GRU`` (three runs; ``benchmarks/README.md``). On a GPU the encoder keeps ``nn.GRU``
+(cuDNN).
 
 Gradients with respect to the initial state are not produced (it is always zero here), and the
 function is differentiable once (no double backward).
