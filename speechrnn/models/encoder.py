@@ -152,6 +152,7 @@ class RecurrentEncoder(nn.Module):
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
             and torch.is_grad_enabled()
+            and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
             and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()
             and not torch.compiler.is_exporting()

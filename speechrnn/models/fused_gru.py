@@ -133,14 +133,19 @@ class FusedGRUFunction(torch.autograd.Function):
             if t > 0:
                 grad_states[t - 1].addcmul_(grad_states[t], z[:, t]).baddbmm_(grad_gates[:, t], w_hh)
 
+        needs = ctx.needs_input_grad
         flat_gates = grad_gates.view(directions, steps * batch, 3 * hidden)
-        grad_w_hh = torch.bmm(flat_gates.transpose(1, 2), states[:, :-1].reshape(directions, steps * batch, hidden))
-        grad_b_hh = flat_gates.sum(1)
+        grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = grad_x = None
+        if needs[2]:
+            grad_w_hh = torch.bmm(flat_gates.transpose(1, 2), states[:, :-1].reshape(directions, steps * batch, hidden))
+        if needs[4]:
+            grad_b_hh = flat_gates.sum(1)
         torch.mul(grad_states.transpose(0, 1), dn_pre, out=grad_gates[..., two:])  # W_in x_t is not gated by r_t
-        grad_w_ih = torch.bmm(flat_gates.transpose(1, 2), x.reshape(directions, steps * batch, inputs))
-        grad_b_ih = flat_gates.sum(1)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
+        if needs[1]:
+            grad_w_ih = torch.bmm(flat_gates.transpose(1, 2), x.reshape(directions, steps * batch, inputs))
+        if needs[3]:
+            grad_b_ih = flat_gates.sum(1)
+        if needs[0]:
             grad_x = torch.bmm(flat_gates, w_ih).view(directions, steps, batch, inputs)
         SCRATCH.give(dn_pre, factors, grad_gates, grad_states)
         return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh

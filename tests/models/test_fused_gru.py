@@ -124,6 +124,9 @@ def test_fused_path_is_left_where_it_does_not_apply() -> None:
         with torch.no_grad():
             encoder(x, lengths)  # inference: nn.GRU
         encoder(x, lengths, return_states=True)  # states: nn.GRU
+        encoder.requires_grad_(False)
+        encoder(x, lengths)  # nothing to differentiate: nn.GRU
+        encoder.requires_grad_(True)
         encoder.packed = True
         encoder(x, lengths)
         assert len(calls) == 1
@@ -153,3 +156,14 @@ def test_a_retained_graph_backpropagates_twice_to_the_same_gradients() -> None:
     second = torch.autograd.grad(loss, list(cells[0].parameters()))
     for a, b in zip(first, second, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_frozen_weights_get_no_gradient_and_the_input_gradient_is_unchanged() -> None:
+    cells = gru_cells(2, 5, 4)
+    x = torch.randn(2, 6, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    (expected,) = torch.autograd.grad(fused_gru(x, cells).square().sum(), [x])
+    for cell in cells:
+        cell.requires_grad_(False)
+    (got,) = torch.autograd.grad(fused_gru(x, cells).square().sum(), [x])
+    torch.testing.assert_close(got, expected, **TIGHT)
+    assert all(p.grad is None for c in cells for p in c.parameters())
