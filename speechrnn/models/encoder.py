@@ -52,7 +52,8 @@ class RecurrentEncoder(nn.Module):
     """
 
     fused_cpu_gru: bool = True
-    """Train GRUs on the CPU with :func:`~speechrnn.models.fused_gru.fused_gru` (exact; faster)."""
+    """Train GRUs on the CPU with :func:`~speechrnn.models.fused_gru.fused_gru` (exact; faster).
+    With inter-layer dropout the two paths draw different (equally distributed) dropout masks."""
 
     def __init__(
         self,
