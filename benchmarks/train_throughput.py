@@ -156,10 +156,11 @@ def step_matmul_peak(batch: int, hidden: int, gates: int, repeats: int = 200, de
 
 
 def recurrent_gflops(args: argparse.Namespace, batches: list, steps: int, fused: bool = True) -> float:
-    """Achieved GFLOP/s of the encoder alone, forward and backward (``fused``: the fused CPU GRU)."""
+    """Achieved GFLOP/s of the encoder alone, forward and backward (``fused``: speechrnn's fused CPU
+    recurrence for RNNs and GRUs, else PyTorch's module)."""
     net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
     encoder = net.encoder.to(args.device).train()
-    encoder.fused_cpu_gru = fused
+    encoder.fused_cpu = fused
     features, lengths, _ = batches[0]
     features = features.to(args.device)
     for _ in range(3):
@@ -236,14 +237,15 @@ def main() -> None:
     print(f"float32 matmul peak {peak:.1f} GFLOP/s (2048 x 2048); one time step's product "
           f"({args.batch} x {args.hidden}) @ ({args.hidden} x {GATES[args.cell] * args.hidden}), both directions: "
           f"{step_peak:.1f} GFLOP/s")  # fmt: skip
-    variants = [True, False] if args.cell == "gru" and args.device.type == "cpu" else [True]
+    variants = [True, False] if args.cell in ("rnn", "gru") and args.device.type == "cpu" else [True]
     steps = max(5, args.steps // 3)
     rates: dict[bool, list[float]] = {fused: [] for fused in variants}
     for _ in range(args.repeats):  # interleaved, so both see the same machine
         for fused in variants:
             rates[fused].append(recurrent_gflops(args, batches, steps, fused))
     for fused in variants:
-        name = "fused CPU GRU" if fused and len(variants) == 2 else ("nn.GRU" if len(variants) == 2 else "encoder")
+        module = f"nn.{args.cell.upper()}"
+        name = module if not fused else (f"fused CPU {args.cell.upper()}" if len(variants) == 2 else "encoder")
         achieved = statistics.median(rates[fused])
         print(f"recurrent layers ({name}) achieved {achieved:.1f} GFLOP/s: {100 * achieved / peak:.0f}% of the matmul "
               f"peak, {100 * achieved / step_peak:.0f}% of the step product's rate")  # fmt: skip

@@ -10,9 +10,10 @@ direction reads each sequence reversed *within its own length* (then its outputs
 back), so it too starts at the true last frame. ``packed=True`` instead packs sequences, which
 skips the compute spent on padding; both paths give the same valid outputs.
 
-Training a GRU on the CPU goes through :func:`speechrnn.models.fused_gru.fused_gru` (the same
-parameters and equations, both directions in one loop, backpropagation through time written out);
-``encoder.fused_cpu_gru = False`` uses ``nn.GRU`` there too.
+Training a vanilla RNN or a GRU on the CPU goes through
+:func:`speechrnn.models.fused.fused_recurrence` (the same parameters and equations, both directions
+in one loop, backpropagation through time written out); ``encoder.fused_cpu = False`` uses
+``nn.RNN``/``nn.GRU`` there too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from speechrnn.models.fused_gru import fused_gru
+from speechrnn.models.fused import fused_recurrence
 
 Cell = Literal["rnn", "gru", "lstm"]
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -51,8 +52,9 @@ class RecurrentEncoder(nn.Module):
     are zero; the backward direction's output at frame ``t`` summarises frames ``t..length-1``.
     """
 
-    fused_cpu_gru: bool = True
-    """Train GRUs on the CPU with :func:`~speechrnn.models.fused_gru.fused_gru` (exact; faster).
+    fused_cpu: bool = True
+    """Train RNNs and GRUs on the CPU with :func:`~speechrnn.models.fused.fused_recurrence` (exact;
+    faster).
     With inter-layer dropout the two paths draw different (equally distributed) dropout masks."""
 
     def __init__(
@@ -145,8 +147,8 @@ class RecurrentEncoder(nn.Module):
 
     def _fused_applies(self, x: torch.Tensor, packed: bool, states: list[State] | None, return_states: bool) -> bool:
         return (
-            self.fused_cpu_gru
-            and self.cell == "gru"
+            self.fused_cpu
+            and self.cell in ("rnn", "gru")
             and not packed
             and states is None
             and not return_states
@@ -160,15 +162,15 @@ class RecurrentEncoder(nn.Module):
         )
 
     def _forward_fused(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The padded path's layers through :func:`fused_gru`, time-major; padding not yet zeroed."""
+        """The padded path's layers through :func:`fused_recurrence`, time-major; padding not yet zeroed."""
         x = x.transpose(0, 1)
         for depth, directions in enumerate(self.layers):
             if depth > 0:
                 x = self.dropout(x)
             if self.bidirectional:
                 inputs = torch.stack([x, reverse_within_length(x, lengths, time_dim=0)])
-                forward_out, backward_out = fused_gru(inputs, directions).unbind(0)
+                forward_out, backward_out = fused_recurrence(inputs, directions).unbind(0)
                 x = torch.cat([forward_out, reverse_within_length(backward_out, lengths, time_dim=0)], dim=-1)
             else:
-                x = fused_gru(x.unsqueeze(0).contiguous(), directions).squeeze(0)
+                x = fused_recurrence(x.unsqueeze(0).contiguous(), directions).squeeze(0)
         return x.transpose(0, 1)

@@ -1,5 +1,5 @@
-"""The fused CPU GRU equals ``nn.GRU`` in value and gradient, and the encoder uses it only where it
-applies (training on the CPU, unpacked, no carried state)."""
+"""The fused CPU recurrences equal ``nn.RNN`` (tanh) and ``nn.GRU`` in value and gradient, and the
+encoder uses them only where they apply (training on the CPU, unpacked, no carried state)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import torch
 from torch import nn
 
 from speechrnn.models import RecurrentEncoder, SequenceClassifierNet
-from speechrnn.models.fused_gru import SCRATCH, FusedGRUFunction, fused_gru
+from speechrnn.models.fused import FUSED_FUNCTIONS, SCRATCH, FusedGRUFunction, fused_recurrence
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
 
 
-def gru_cells(directions: int, inputs: int, hidden: int, seed: int = 0) -> list[nn.GRU]:
+MODULES = {"rnn": nn.RNN, "gru": nn.GRU}
+GATES = {"rnn": 1, "gru": 3}
+
+
+def make_cells(cell: str, directions: int, inputs: int, hidden: int, seed: int = 0) -> list[nn.RNNBase]:
     torch.manual_seed(seed)
-    cells = [nn.GRU(inputs, hidden, batch_first=True).double() for _ in range(directions)]
+    cells = [MODULES[cell](inputs, hidden, batch_first=True).double() for _ in range(directions)]
     with torch.no_grad():  # biases away from zero so every bias gradient is exercised
         for cell in cells:
             cell.bias_ih_l0.uniform_(-1, 1)
@@ -23,17 +27,18 @@ def gru_cells(directions: int, inputs: int, hidden: int, seed: int = 0) -> list[
     return cells
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
 @pytest.mark.parametrize("directions", [1, 2])
-def test_values_and_every_gradient_match_nn_gru(directions: int) -> None:
+def test_values_and_every_gradient_match_pytorch(cell: str, directions: int) -> None:
     steps, batch, inputs, hidden = 9, 3, 5, 4
-    cells = gru_cells(directions, inputs, hidden)
+    cells = make_cells(cell, directions, inputs, hidden)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(directions, steps, batch, inputs, dtype=torch.float64, generator=generator, requires_grad=True)
     upstream = torch.randn(directions, steps, batch, hidden, dtype=torch.float64, generator=generator)
 
     reference = torch.stack([cell(x[d].transpose(0, 1))[0].transpose(0, 1) for d, cell in enumerate(cells)])
     expected = torch.autograd.grad((reference * upstream).sum(), [x, *[p for c in cells for p in c.parameters()]])
-    fused = fused_gru(x, cells)
+    fused = fused_recurrence(x, cells)
     got = torch.autograd.grad((fused * upstream).sum(), [x, *[p for c in cells for p in c.parameters()]])
 
     torch.testing.assert_close(fused, reference, **TIGHT)
@@ -42,13 +47,21 @@ def test_values_and_every_gradient_match_nn_gru(directions: int) -> None:
         torch.testing.assert_close(ours, theirs, **TIGHT)
 
 
-def test_gradcheck_against_finite_differences() -> None:
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_gradcheck_against_finite_differences(cell: str) -> None:
     generator = torch.Generator().manual_seed(2)
+    gates = 2 * GATES[cell]  # hidden size 2
     x, w_ih, w_hh, b_ih, b_hh = (
         torch.randn(*shape, dtype=torch.float64, generator=generator, requires_grad=True)
-        for shape in [(2, 4, 2, 3), (2, 6, 3), (2, 6, 2), (2, 6), (2, 6)]
+        for shape in [(2, 4, 2, 3), (2, gates, 3), (2, gates, 2), (2, gates), (2, gates)]
     )
-    assert torch.autograd.gradcheck(FusedGRUFunction.apply, (x, w_ih, w_hh, b_ih, b_hh))
+    assert torch.autograd.gradcheck(FUSED_FUNCTIONS[cell].apply, (x, w_ih, w_hh, b_ih, b_hh))
+
+
+def test_a_relu_rnn_is_refused() -> None:
+    cells = [nn.RNN(3, 2, nonlinearity="relu")]
+    with pytest.raises(ValueError, match="tanh"):
+        fused_recurrence(torch.zeros(1, 2, 1, 3), cells)
 
 
 def ragged(batch: int = 4, steps: int = 7, features: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,16 +71,31 @@ def ragged(batch: int = 4, steps: int = 7, features: int = 5) -> tuple[torch.Ten
     return torch.where(mask.unsqueeze(-1), x, 9.0), lengths  # finite junk in the padding
 
 
+def graph_has_fused(function) -> bool:
+    """Whether a fused function is anywhere in the autograd graph behind ``function``."""
+    seen, stack = set(), [function]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "Fused" in type(node).__name__:
+            return True
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return False
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_encoder_fused_and_nn_gru_paths_agree_in_value_and_gradient(bidirectional: bool) -> None:
+def test_encoder_fused_and_pytorch_paths_agree_in_value_and_gradient(cell: str, bidirectional: bool) -> None:
     torch.manual_seed(0)
-    encoder = RecurrentEncoder(5, 4, num_layers=2, cell="gru", bidirectional=bidirectional).double()
+    encoder = RecurrentEncoder(5, 4, num_layers=2, cell=cell, bidirectional=bidirectional).double()
     x, lengths = ragged()
     upstream = torch.randn(4, 7, encoder.output_size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
 
     results = {}
     for fused in (False, True):
-        encoder.fused_cpu_gru = fused
+        encoder.fused_cpu = fused
         inputs = x.clone().requires_grad_(True)
         outputs, _ = encoder(inputs, lengths)
         grads = torch.autograd.grad((outputs * upstream).sum(), [inputs, *encoder.parameters()])
@@ -78,26 +106,15 @@ def test_encoder_fused_and_nn_gru_paths_agree_in_value_and_gradient(bidirectiona
         torch.testing.assert_close(ours, theirs, **TIGHT)
     assert torch.all(results[True][0][2, 1:] == 0)  # padding zeroed, as on the other path
 
-    def graph_has_fused(function) -> bool:
-        seen, stack = set(), [function]
-        while stack:
-            node = stack.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            if "FusedGRUFunction" in type(node).__name__:
-                return True
-            stack.extend(next_fn for next_fn, _ in node.next_functions)
-        return False
-
     assert graph_has_fused(results[True][2]) and not graph_has_fused(results[False][2])
 
 
-def test_training_gradients_of_a_padded_batch_equal_the_sum_over_sequences_alone() -> None:
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_training_gradients_of_a_padded_batch_equal_the_sum_over_sequences_alone(cell: str) -> None:
     """Backpropagation through the fused path is exact under padding: the batch's summed loss has
     the parameter gradients of each sequence's loss computed on its own, added up."""
     torch.manual_seed(0)
-    net = SequenceClassifierNet(5, 3, "gru", hidden_size=4, num_layers=2, bidirectional=True).double()
+    net = SequenceClassifierNet(5, 3, cell, hidden_size=4, num_layers=2, bidirectional=True).double()
     x, lengths = ragged()
     labels = torch.tensor([0, 2, 1, 2])
 
@@ -112,6 +129,8 @@ def test_training_gradients_of_a_padded_batch_equal_the_sum_over_sequences_alone
 
 
 def test_fused_path_is_left_where_it_does_not_apply() -> None:
+    lstm = RecurrentEncoder(5, 4, num_layers=1, cell="lstm", bidirectional=False).double()
+    assert not graph_has_fused(lstm(*ragged())[0].grad_fn)  # LSTMs keep oneDNN's kernel
     encoder = RecurrentEncoder(5, 4, num_layers=1, cell="gru", bidirectional=False)
     x, lengths = ragged()
     x = x.float()
@@ -134,36 +153,39 @@ def test_fused_path_is_left_where_it_does_not_apply() -> None:
         FusedGRUFunction.apply = original
 
 
-def test_scratch_buffers_reused_across_steps_of_different_lengths_stay_exact() -> None:
-    cells = gru_cells(2, 5, 4)
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_scratch_buffers_reused_across_steps_of_different_lengths_stay_exact(cell: str) -> None:
+    cells = make_cells(cell, 2, 5, 4)
     parameters = [p for c in cells for p in c.parameters()]
     for steps in (9, 4, 12, 9):
         x = torch.randn(2, steps, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(steps))
         reference = torch.stack([cell(x[d].transpose(0, 1))[0].transpose(0, 1) for d, cell in enumerate(cells)])
         expected = torch.autograd.grad(reference.square().sum(), parameters)
-        got = torch.autograd.grad(fused_gru(x, cells).square().sum(), parameters)
+        got = torch.autograd.grad(fused_recurrence(x, cells).square().sum(), parameters)
         for ours, theirs in zip(got, expected, strict=True):
             torch.testing.assert_close(ours, theirs, **TIGHT)
     assert SCRATCH._free, "the scratch buffers were not kept for the next step"
 
 
-def test_a_retained_graph_backpropagates_twice_to_the_same_gradients() -> None:
-    cells = gru_cells(2, 5, 4)
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_a_retained_graph_backpropagates_twice_to_the_same_gradients(cell: str) -> None:
+    cells = make_cells(cell, 2, 5, 4)
     x = torch.randn(2, 6, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    loss = fused_gru(x, cells).square().sum()
+    loss = fused_recurrence(x, cells).square().sum()
     first = torch.autograd.grad(loss, list(cells[0].parameters()), retain_graph=True)
-    fused_gru(x * 2, cells).sum().backward()  # another step in between takes the scratch buffers
+    fused_recurrence(x * 2, cells).sum().backward()  # another step in between takes the scratch buffers
     second = torch.autograd.grad(loss, list(cells[0].parameters()))
     for a, b in zip(first, second, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_frozen_weights_get_no_gradient_and_the_input_gradient_is_unchanged() -> None:
-    cells = gru_cells(2, 5, 4)
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_frozen_weights_get_no_gradient_and_the_input_gradient_is_unchanged(cell: str) -> None:
+    cells = make_cells(cell, 2, 5, 4)
     x = torch.randn(2, 6, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
-    (expected,) = torch.autograd.grad(fused_gru(x, cells).square().sum(), [x])
+    (expected,) = torch.autograd.grad(fused_recurrence(x, cells).square().sum(), [x])
     for cell in cells:
         cell.requires_grad_(False)
-    (got,) = torch.autograd.grad(fused_gru(x, cells).square().sum(), [x])
+    (got,) = torch.autograd.grad(fused_recurrence(x, cells).square().sum(), [x])
     torch.testing.assert_close(got, expected, **TIGHT)
     assert all(p.grad is None for c in cells for p in c.parameters())

@@ -1,24 +1,29 @@
-"""A GRU layer for CPU training whose backpropagation through time is written out by hand.
+"""Recurrent layers for CPU training whose backpropagation through time is written out by hand.
 
-The recurrence is PyTorch's ``nn.GRU`` exactly (same parameters, same equations)::
+Two cells, each exactly PyTorch's (same parameters, same equations). The vanilla RNN (``nn.RNN``,
+tanh), the project's textbook recurrence::
+
+    h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+
+and the GRU (``nn.GRU``)::
 
     r_t = sigmoid(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
     z_t = sigmoid(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
     n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
     h_t = (1 - z_t) * n_t + z_t * h_{t-1}
 
-Why it exists: on the CPU, PyTorch has no fused GRU kernel (oneDNN serves only LSTMs), so autograd
-records a dozen small operations per time step, each with its own backward, and accumulates the
-recurrent weight gradient one step at a time. Here both directions of a bidirectional layer run in
-one loop as batched matrix products; the backward pass keeps inside its loop only what is truly
-sequential, ``dL/dh_{t-1} = dL/dy_{t-1} + dL/dh_t * z_t + dG_t W_hh`` (``dG_t``: the gradients of
-the three gates' pre-activations at step t), and the weight and input gradients are one matrix
-product each over all steps. On a 2-core CPU a 2 x 128 BiGRU trains on FSDD 1.56-1.60x faster than
-through ``nn.GRU`` (three runs; ``benchmarks/README.md``). On a GPU the encoder keeps ``nn.GRU``
-(cuDNN).
+Why they exist: on the CPU, PyTorch has no fused kernel for either (oneDNN serves only LSTMs), so
+autograd records several small operations per time step (a dozen for the GRU), each with its own
+backward, and accumulates the recurrent weight gradient one step at a time. Here both directions
+of a bidirectional layer run in one loop as batched matrix products; the backward pass keeps
+inside its loop only what is truly sequential, ``dL/dh_{t-1} = dL/dy_{t-1} + dG_t W_hh`` (plus
+``dL/dh_t * z_t`` for the GRU; ``dG_t``: the gradients of the pre-activations at step t), and the
+weight and input gradients are one matrix product each over all steps. On a 2-core CPU a 2 x 128
+BiGRU trains on FSDD 1.56-1.60x faster than through ``nn.GRU`` (three runs;
+``benchmarks/README.md``). On a GPU the encoder keeps PyTorch's modules (cuDNN).
 
 Gradients with respect to the initial state are not produced (it is always zero here), and the
-function is differentiable once (no double backward).
+functions are differentiable once (no double backward).
 """
 
 from __future__ import annotations
@@ -151,10 +156,75 @@ class FusedGRUFunction(torch.autograd.Function):
         return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
-def fused_gru(x: torch.Tensor, cells: Sequence[nn.GRU]) -> torch.Tensor:
-    """Run single-layer, biased ``nn.GRU`` modules (one per direction) over ``x: (D, time, batch, input)``
-    from zero states, with their own parameters; returns ``(D, time, batch, hidden)``."""
-    return FusedGRUFunction.apply(
+class FusedTanhRNNFunction(torch.autograd.Function):
+    """``D`` independent single-layer tanh RNNs over ``x: (D, time, batch, input)`` from zero states;
+    returns every hidden state ``(D, time, batch, hidden)``. Weights are stacked over ``D``:
+    ``w_ih (D, H, input)``, ``w_hh (D, H, H)``, biases ``(D, H)``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor
+    ) -> torch.Tensor:
+        x = x.contiguous()
+        directions, steps, batch, inputs = x.shape
+        hidden = w_hh.shape[2]
+        pre = SCRATCH.take((directions, steps, batch, hidden), x)
+        torch.baddbmm(
+            (b_ih + b_hh).unsqueeze(1),
+            x.reshape(directions, steps * batch, inputs),
+            w_ih.transpose(1, 2),
+            out=pre.view(directions, steps * batch, hidden),
+        )
+        states = x.new_empty(directions, steps + 1, batch, hidden)
+        states[:, 0].zero_()
+        w_hh_t = w_hh.transpose(1, 2).contiguous()
+        for t in range(steps):
+            torch.baddbmm(pre[:, t], states[:, t], w_hh_t, out=states[:, t + 1]).tanh_()
+        SCRATCH.give(pre)
+        ctx.save_for_backward(x, w_ih, w_hh, states)
+        return states[:, 1:]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        x, w_ih, w_hh, states = ctx.saved_tensors
+        directions, steps, batch, inputs = x.shape
+        hidden = w_hh.shape[2]
+        grad_pre = SCRATCH.take((directions, steps, batch, hidden), x)  # d pre-activations
+        # d(loss)/d(h_t) including the future, time-major so each step's product writes contiguously.
+        grad_states = SCRATCH.take((steps, directions, batch, hidden), x).copy_(grad_out.transpose(0, 1))
+        for t in range(steps - 1, -1, -1):
+            torch.ops.aten.tanh_backward(grad_states[t], states[:, t + 1], grad_input=grad_pre[:, t])
+            if t > 0:
+                grad_states[t - 1].baddbmm_(grad_pre[:, t], w_hh)
+
+        needs = ctx.needs_input_grad
+        flat = grad_pre.view(directions, steps * batch, hidden)
+        grad_w_ih = grad_w_hh = grad_x = None
+        if needs[1]:
+            grad_w_ih = torch.bmm(flat.transpose(1, 2), x.reshape(directions, steps * batch, inputs))
+        if needs[2]:
+            grad_w_hh = torch.bmm(flat.transpose(1, 2), states[:, :-1].reshape(directions, steps * batch, hidden))
+        grad_b_ih = flat.sum(1) if needs[3] else None
+        grad_b_hh = flat.sum(1) if needs[4] else None
+        if needs[0]:
+            grad_x = torch.bmm(flat, w_ih).view(directions, steps, batch, inputs)
+        SCRATCH.give(grad_pre, grad_states)
+        return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
+
+
+FUSED_FUNCTIONS: dict[str, type[torch.autograd.Function]] = {"rnn": FusedTanhRNNFunction, "gru": FusedGRUFunction}
+
+
+def fused_recurrence(x: torch.Tensor, cells: Sequence[nn.RNN | nn.GRU]) -> torch.Tensor:
+    """Run single-layer, biased tanh ``nn.RNN`` or ``nn.GRU`` modules (one per direction, all of one
+    kind) over ``x: (D, time, batch, input)`` from zero states, with their own parameters; returns
+    ``(D, time, batch, hidden)``."""
+    kind = "gru" if isinstance(cells[0], nn.GRU) else "rnn"
+    if kind == "rnn" and cells[0].nonlinearity != "tanh":
+        raise ValueError(f"the fused RNN is the tanh recurrence, got nonlinearity={cells[0].nonlinearity!r}")
+    return FUSED_FUNCTIONS[kind].apply(
         x,
         torch.stack([cell.weight_ih_l0 for cell in cells]),
         torch.stack([cell.weight_hh_l0 for cell in cells]),
