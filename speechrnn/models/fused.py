@@ -79,6 +79,19 @@ class ScratchPool:
 SCRATCH = ScratchPool()
 
 
+def _linear_grads(
+    grad_pre: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, needs: tuple[bool, bool, bool]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``pre = inputs @ weight^T + bias`` over all steps at once, each only if needed
+    (``needs``: inputs, weight, bias): ``grad_pre (D, T, B, G)``, ``inputs (D, T, B, K)``,
+    ``weight (D, G, K)``."""
+    directions, steps, batch, size = inputs.shape
+    flat = grad_pre.view(directions, steps * batch, -1)
+    grad_inputs = torch.bmm(flat, weight).view(inputs.shape) if needs[0] else None
+    grad_weight = torch.bmm(flat.transpose(1, 2), inputs.reshape(directions, steps * batch, size)) if needs[1] else None
+    return grad_inputs, grad_weight, flat.sum(1) if needs[2] else None
+
+
 class FusedGRUFunction(torch.autograd.Function):
     """``D`` independent single-layer GRUs over ``x: (D, time, batch, input)`` from zero states;
     returns every hidden state ``(D, time, batch, hidden)``. Weights are stacked over ``D``:
@@ -116,7 +129,7 @@ class FusedGRUFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         x, w_ih, w_hh, states, hidden_n, rz, n = ctx.saved_tensors
-        directions, steps, batch, inputs = x.shape
+        directions, steps, batch, _ = x.shape
         hidden = w_hh.shape[2]
         two = 2 * hidden
         r, z = rz[..., :hidden], rz[..., hidden:]
@@ -140,19 +153,9 @@ class FusedGRUFunction(torch.autograd.Function):
                 grad_states[t - 1].addcmul_(grad_states[t], z[:, t]).baddbmm_(grad_gates[:, t], w_hh)
 
         needs = ctx.needs_input_grad
-        flat_gates = grad_gates.view(directions, steps * batch, 3 * hidden)
-        grad_w_ih = grad_w_hh = grad_b_ih = grad_b_hh = grad_x = None
-        if needs[2]:
-            grad_w_hh = torch.bmm(flat_gates.transpose(1, 2), states[:, :-1].reshape(directions, steps * batch, hidden))
-        if needs[4]:
-            grad_b_hh = flat_gates.sum(1)
+        _, grad_w_hh, grad_b_hh = _linear_grads(grad_gates, states[:, :-1], w_hh, (False, needs[2], needs[4]))
         torch.mul(grad_states.transpose(0, 1), dn_pre, out=grad_gates[..., two:])  # W_in x_t is not gated by r_t
-        if needs[1]:
-            grad_w_ih = torch.bmm(flat_gates.transpose(1, 2), x.reshape(directions, steps * batch, inputs))
-        if needs[3]:
-            grad_b_ih = flat_gates.sum(1)
-        if needs[0]:
-            grad_x = torch.bmm(flat_gates, w_ih).view(directions, steps, batch, inputs)
+        grad_x, grad_w_ih, grad_b_ih = _linear_grads(grad_gates, x, w_ih, (needs[0], needs[1], needs[3]))
         SCRATCH.give(dn_pre, factors, grad_gates, grad_states)
         return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
@@ -190,7 +193,7 @@ class FusedTanhRNNFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         x, w_ih, w_hh, states = ctx.saved_tensors
-        directions, steps, batch, inputs = x.shape
+        directions, steps, batch, _ = x.shape
         hidden = w_hh.shape[2]
         grad_pre = SCRATCH.take((directions, steps, batch, hidden), x)  # d pre-activations
         # d(loss)/d(h_t) including the future, time-major so each step's product writes contiguously.
@@ -201,16 +204,8 @@ class FusedTanhRNNFunction(torch.autograd.Function):
                 grad_states[t - 1].baddbmm_(grad_pre[:, t], w_hh)
 
         needs = ctx.needs_input_grad
-        flat = grad_pre.view(directions, steps * batch, hidden)
-        grad_w_ih = grad_w_hh = grad_x = None
-        if needs[1]:
-            grad_w_ih = torch.bmm(flat.transpose(1, 2), x.reshape(directions, steps * batch, inputs))
-        if needs[2]:
-            grad_w_hh = torch.bmm(flat.transpose(1, 2), states[:, :-1].reshape(directions, steps * batch, hidden))
-        grad_b_ih = flat.sum(1) if needs[3] else None
-        grad_b_hh = flat.sum(1) if needs[4] else None
-        if needs[0]:
-            grad_x = torch.bmm(flat, w_ih).view(directions, steps, batch, inputs)
+        _, grad_w_hh, grad_b_hh = _linear_grads(grad_pre, states[:, :-1], w_hh, (False, needs[2], needs[4]))
+        grad_x, grad_w_ih, grad_b_ih = _linear_grads(grad_pre, x, w_ih, (needs[0], needs[1], needs[3]))
         SCRATCH.give(grad_pre, grad_states)
         return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
