@@ -508,7 +508,7 @@ def main() -> None:
     n_train = sum(1 for item in items if item[2] == "train")
     epoch_steps = math.ceil(n_train / args.batch)
     if args.steps is None:
-        # FSDD: 3 epochs, where every pipeline has settled (after 2, length-sorted batches are still behind).
+        # FSDD: 3 epochs, where every pipeline has settled (after 2, the cache pipelines are still behind).
         args.steps = 3 * epoch_steps if args.corpus == "fsdd" else min(2 * epoch_steps, 24)
     n_test = sum(1 for item in items if item[2] == "test")
     print(f"corpus: {args.corpus}, {len(items)} clips ({n_train} train, {n_test} test) in {args.root}")
