@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -12,6 +13,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from speechrnn.errors import UserInputError
+
 TRUNCATED = re.compile(r"data\s*:\s*(?P<declared>\d+)\s*\(should be (?P<held>\d+)\)")
 """libsndfile's own diagnosis of a WAV data chunk cut short (it would otherwise read what is there)."""
 
@@ -19,7 +22,7 @@ SILENCE_PEAK = 1e-4
 """Clips whose absolute peak stays below this (about -80 dBFS) are rejected as silent."""
 
 
-class AudioError(ValueError):
+class AudioError(UserInputError):
     """A file that cannot be used as training or inference audio; the message names the file."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
@@ -45,21 +48,47 @@ def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int) -> torch.Ten
     return _resampler(int(orig_freq), int(new_freq))(waveform)
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int, min_samples: int = 1) -> torch.Tensor:
+def missing_file_reason(path: Path) -> str:
+    """Why ``path`` is not a readable regular file: absent, a broken or looping link, a folder."""
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return "symbolic link loop"
+            return f"broken symbolic link (points to {os.readlink(path)})"
+    if path.is_dir():
+        return "is a folder, not an audio file"
+    return "file not found"
+
+
+def read_audio(
+    path: str | os.PathLike,
+    sample_rate: int,
+    min_samples: int = 1,
+    max_samples: int | None = None,
+    crop: bool = False,
+) -> torch.Tensor:
     """Load ``path`` as a float32 mono waveform ``(samples,)`` at ``sample_rate``.
 
     Any rate and channel count is accepted. Raises :class:`AudioError` naming the file when it is
-    missing, unreadable, empty, contains NaN/inf, is silent, or is shorter than ``min_samples``
-    after resampling.
+    missing (or a broken link), unreadable (permission, format, corruption), empty, contains
+    NaN/inf, is silent, or is shorter than ``min_samples`` after resampling. A clip longer than
+    ``max_samples`` is an error too, unless ``crop`` keeps its first ``max_samples``.
     """
     path = Path(path)
     if not path.is_file():
-        raise AudioError(path, "file not found")
+        raise AudioError(path, missing_file_reason(path))
     try:
-        with sf.SoundFile(path) as handle:  # one open for the header check and the samples
+        with open(path, "rb") as raw, sf.SoundFile(raw) as handle:  # one open for the header and the samples
             extra_info, file_rate = handle.extra_info, handle.samplerate
-            samples = handle.read(dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+            frames = handle.frames
+            if max_samples is not None and crop:
+                frames = min(frames, int(np.ceil(max_samples * file_rate / sample_rate)))
+            samples = handle.read(frames, dtype="float32", always_2d=True)
+    except PermissionError:
+        raise AudioError(path, "permission denied (the file cannot be opened for reading)") from None
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as error:
         raise AudioError(path, f"cannot read audio (unknown format or corrupt file): {error}") from None
     truncated = TRUNCATED.search(extra_info)
     if truncated:
@@ -80,4 +109,12 @@ def read_audio(path: str | os.PathLike, sample_rate: int, min_samples: int = 1) 
         raise AudioError(
             path, f"too short ({waveform.numel()} samples at {sample_rate} Hz, need at least {min_samples})"
         )
+    if max_samples is not None and waveform.numel() > max_samples:
+        if not crop:
+            raise AudioError(
+                path,
+                f"too long ({waveform.numel() / sample_rate:.1f} s, the limit is {max_samples / sample_rate:.1f} s; "
+                "max_seconds sets it, long_clips='crop' keeps the start instead)",
+            )
+        waveform = waveform[:max_samples]
     return waveform

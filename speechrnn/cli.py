@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from speechrnn.callbacks import EpochTimer
 from speechrnn.data.base import SequenceDataModuleBase
+from speechrnn.errors import ConfigError
 from speechrnn.models.classifier import RNNClassifier
 
 DEFAULT_DATA = "speechrnn.data.SyntheticCommandsDataModule"
@@ -28,6 +34,48 @@ def default_precision() -> str:
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
+
+
+RUN_VERSION_ENV = "SPEECHRNN_RUN_VERSION"
+"""Carries the run folder's version from rank 0 to the processes Lightning starts for DDP."""
+
+
+def reserve_run_version(root: str | os.PathLike) -> int:
+    """Create ``root/lightning_logs/version_N`` for the next free ``N`` and return ``N``.
+
+    Creating a folder is atomic, so runs started at the same moment under the same root get
+    different folders (Lightning's own choice lists the folders, and two runs can both pick N).
+    """
+    logs = Path(root) / "lightning_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    taken = [int(match[1]) for p in logs.iterdir() if (match := re.fullmatch(r"version_(\d+)", p.name))]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            (logs / f"version_{version}").mkdir()
+            return version
+        except FileExistsError:
+            version += 1
+
+
+def run_version(root: str | os.PathLike) -> int | None:
+    """The run folder's version: reserved by global rank 0, inherited by the ranks it starts (others
+    leave it to Lightning, which broadcasts rank 0's folder)."""
+    if rank_zero_only.rank == 0:
+        version = reserve_run_version(root)
+        os.environ[RUN_VERSION_ENV] = str(version)
+        return version
+    inherited = os.environ.get(RUN_VERSION_ENV)
+    return int(inherited) if inherited is not None else None
+
+
+def check_trainer_plan(trainer: Any) -> None:
+    """Options that would train nothing, caught before any data is prepared."""
+    for option, value in (("max_epochs", trainer.max_epochs), ("max_steps", trainer.max_steps)):
+        if value == 0:
+            raise ConfigError(f"--trainer.{option} 0 trains nothing (the report would describe an untrained model)")
+    if trainer.limit_train_batches == 0:
+        raise ConfigError("--trainer.limit_train_batches 0 trains nothing")
 
 
 class SpeechRNNCLI(LightningCLI):
@@ -61,8 +109,12 @@ class SpeechRNNCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """The Trainer, with ``last.ckpt`` rewritten after every epoch (so ``--ckpt_path last`` resumes
-        from the latest state, not the best) and rich's progress bar unless progress bars are off."""
+        from the latest state, not the best), rich's progress bar unless progress bars are off, and a
+        run folder of its own even when several runs start at once under the same root."""
         config = self._get(self.config_init, "trainer", default={})
+        if config.get("logger") in (None, True) and "logger" not in kwargs:
+            root = config.get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = TensorBoardLogger(save_dir=root, version=run_version(root))
         if "callbacks" not in kwargs:
             callbacks = [*(config.get("callbacks") or []), EpochTimer()]
             if config.get("enable_checkpointing") is not False:

@@ -18,6 +18,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from speechrnn.data.base import SequenceDataModuleBase, Split
+from speechrnn.errors import checked_options, run_entry_point
 from speechrnn.models.classifier import RNNClassifier
 from speechrnn.reports import write_report
 
@@ -90,8 +91,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     config = parser.parse_args(args)
     if config.data is None:
         parser.error("no run config.yaml beside the checkpoint; give the data with --data CLASS --data.*")
-    datamodule = parser.instantiate_classes(config).data
-    model = RNNClassifier.load_from_checkpoint(config.ckpt, map_location="cpu")
+    with checked_options():
+        datamodule = parser.instantiate_classes(config).data
+    model = RNNClassifier.from_checkpoint(config.ckpt, map_location="cpu")
     out = config.out or config.ckpt.resolve().parent.parent / f"report_{config.split}"
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     metrics = report_split(model, datamodule, config.split, out, device, extra={"checkpoint": str(config.ckpt)})
@@ -100,4 +102,4 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

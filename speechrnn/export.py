@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechrnn.errors import run_entry_point
 from speechrnn.features import FeatureSettings, MFCCFrontend, lengths_mask
 from speechrnn.io import atomic_write_bytes
 from speechrnn.models.classifier import RNNClassifier
@@ -226,9 +227,7 @@ class WaveformClassifier(nn.Module):
 
 def load_checkpoint(path: str | os.PathLike) -> RNNClassifier:
     """The checkpoint's ``RNNClassifier`` on the CPU, in eval mode."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return RNNClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+    return RNNClassifier.from_checkpoint(path, map_location="cpu").eval()
 
 
 def exportable(checkpoint_path: str | os.PathLike) -> WaveformClassifier | FeatureClassifier:
@@ -505,4 +504,4 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from speechrnn.callbacks import EpochTimer
-from speechrnn.cli import SpeechRNNCLI
+from speechrnn.cli import SpeechRNNCLI, check_trainer_plan
+from speechrnn.data.base import SPLITS
+from speechrnn.errors import checked_options, run_entry_point
 from speechrnn.evaluate import report_split
 from speechrnn.io import atomic_write_json
 
@@ -39,8 +41,16 @@ def resolve_checkpoint(ckpt_path: str | None, trainer: Any) -> str | None:
 
 
 def main(args: list[str] | None = None) -> dict[str, float]:
-    cli = SpeechRNNCLI(args=args)
+    """Train, test the best checkpoint and write the run's metrics and report; returns the test metrics.
+
+    Options are checked before any data is prepared: an impossible one raises
+    :class:`~speechrnn.errors.ConfigError` naming it.
+    """
+    with checked_options():
+        cli = SpeechRNNCLI(args=args)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    check_trainer_plan(trainer)
+    datamodule.required_splits = SPLITS  # fit validates every epoch and tests the best checkpoint
     trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_checkpoint(cli.config.get("ckpt_path"), trainer))
     best = cli.best_checkpoint.best_model_path if trainer.checkpoint_callback else ""
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
@@ -61,4 +71,4 @@ def main(args: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

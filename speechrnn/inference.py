@@ -34,7 +34,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
-        return cls(RNNClassifier.load_from_checkpoint(path, map_location=device), device)
+        return cls(RNNClassifier.from_checkpoint(path, map_location=device), device)
 
     @torch.inference_mode()
     def probabilities(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:

@@ -13,9 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from speechrnn.io import atomic_write_json, atomic_write_text
+from speechrnn.io import atomic_write_json, atomic_write_text, read_checkpoint
 
 
 class Pipeline:
@@ -105,7 +103,7 @@ def summarise_run(run: Path) -> dict[str, Any]:
     """Test metrics, epoch timing, best checkpoint and parameter count of a finished run folder."""
     saved = json.loads((run / "test_metrics.json").read_text())
     checkpoint = saved["checkpoint"] or str(run / "checkpoints" / "last.ckpt")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = read_checkpoint(checkpoint)["state_dict"]
     parameters = sum(v.numel() for k, v in state.items() if k.startswith("net."))
     durations = saved.get("timing", {}).get("epoch_seconds", [])
     report = run / "report_test" / "report.json"

@@ -10,22 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 from speechrnn.audio import AudioError
 from speechrnn.data.folder import AUDIO_EXTENSIONS
+from speechrnn.errors import run_entry_point
 from speechrnn.inference import Predictor
 
 
-def expand(inputs: list[Path]) -> Iterator[Path]:
-    """Files as given; folders expanded to the audio files below them, sorted."""
-    for item in inputs:
-        if item.is_dir():
-            yield from sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-        else:
-            yield item
+def audio_files(item: Path) -> list[Path]:
+    """``item`` itself, or for a folder the audio files below it, sorted; a folder without any
+    raises :class:`AudioError` naming it."""
+    if not item.is_dir():
+        return [item]
+    found = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not found:
+        raise AudioError(item, f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+    return found
 
 
 def predict(
@@ -49,17 +51,24 @@ def predict(
     """
     predictor = Predictor.from_checkpoint(ckpt, device)
     failures = 0
-    for path in expand([Path(p) for p in inputs]):
+    for item in inputs:
         try:
-            ranked = list(predictor.predict_file(path).items())[: max(1, top_k)]
+            paths = audio_files(Path(item))
         except AudioError as error:
             failures += 1
             print(f"error: {error}", file=sys.stderr)
             continue
-        if format == "jsonl":
-            print(json.dumps({"path": str(path), "top": [{"label": k, "probability": v} for k, v in ranked]}))
-        else:
-            print(f"{path}\t" + "\t".join(f"{label} {probability:.4f}" for label, probability in ranked))
+        for path in paths:
+            try:
+                ranked = list(predictor.predict_file(path).items())[: max(1, top_k)]
+            except AudioError as error:
+                failures += 1
+                print(f"error: {error}", file=sys.stderr)
+                continue
+            if format == "jsonl":
+                print(json.dumps({"path": str(path), "top": [{"label": k, "probability": v} for k, v in ranked]}))
+            else:
+                print(f"{path}\t" + "\t".join(f"{label} {probability:.4f}" for label, probability in ranked))
     return 1 if failures else 0
 
 
@@ -75,4 +84,4 @@ def main(args: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_entry_point(main)

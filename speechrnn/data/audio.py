@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,10 +17,30 @@ from speechrnn.audio import AudioError, read_audio
 from speechrnn.data.augment import Augmenter, AugmentSettings
 from speechrnn.data.base import PadCollate, Record, SequenceDataModuleBase
 from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
+from speechrnn.errors import ConfigError
 from speechrnn.features import FeatureSettings, MFCCFrontend
 
 OnError = Literal["raise", "skip"]
+LongClips = Literal["error", "crop"]
 CACHE_CHUNK = 64  # files featurised per call (padded batches of similar length)
+OUTLIER_RATIO = 10.0
+"""Clips this many times longer than the corpus's median are listed in a warning."""
+
+
+@dataclass(frozen=True)
+class ClipLimit:
+    """Longest clip the cache accepts, and whether a longer one is an error or cropped to its start."""
+
+    max_seconds: float
+    crop: bool = False
+
+    def read_args(self, sample_rate: int) -> dict[str, Any]:
+        return {"max_samples": round(self.max_seconds * sample_rate), "crop": self.crop}
+
+
+def _read(path: str, settings: FeatureSettings, limit: ClipLimit | None) -> torch.Tensor:
+    extra = limit.read_args(settings.rate) if limit is not None else {}
+    return read_audio(path, settings.rate, min_samples=settings.win_length, **extra)
 
 
 @functools.lru_cache(maxsize=4)
@@ -25,13 +48,17 @@ def _frontend(settings: FeatureSettings) -> MFCCFrontend:
     return MFCCFrontend(settings).eval()
 
 
-def extract_waveform(path: str, settings: FeatureSettings) -> np.ndarray:
+def extract_waveform(path: str, settings: FeatureSettings, limit: ClipLimit | None = None) -> np.ndarray:
     """Checked, resampled mono waveform as a ``(samples, 1)`` array, for on-device features."""
-    return read_audio(path, settings.rate, min_samples=settings.win_length).numpy()[:, None]
+    return _read(path, settings, limit).numpy()[:, None]
 
 
 def extract_features_batch(
-    paths: list[str], settings: FeatureSettings, skip_errors: bool = False, max_samples: int = 2**21
+    paths: list[str],
+    settings: FeatureSettings,
+    skip_errors: bool = False,
+    max_samples: int = 2**21,
+    limit: ClipLimit | None = None,
 ) -> list[np.ndarray | AudioError]:
     """MFCC sequences of ``paths``, in order, computed on padded batches of similar length.
 
@@ -44,7 +71,7 @@ def extract_features_batch(
     waveforms: dict[int, torch.Tensor] = {}
     for position, path in enumerate(paths):
         try:
-            waveforms[position] = read_audio(path, settings.rate, min_samples=settings.win_length)
+            waveforms[position] = _read(path, settings, limit)
         except AudioError as error:
             if not skip_errors:
                 raise
@@ -70,16 +97,18 @@ def extract_features_batch(
     return results  # type: ignore[return-value]
 
 
-def _extract_chunk(paths: list[str], settings: FeatureSettings, on_device: bool, skip_errors: bool) -> list:
+def _extract_chunk(
+    paths: list[str], settings: FeatureSettings, on_device: bool, skip_errors: bool, limit: ClipLimit | None
+) -> list:
     if not on_device:
-        return extract_features_batch(paths, settings, skip_errors)
+        return extract_features_batch(paths, settings, skip_errors, limit=limit)
     extract = functools.partial(_or_error, extract_waveform) if skip_errors else extract_waveform
-    return [extract(path, settings) for path in paths]
+    return [extract(path, settings, limit) for path in paths]
 
 
-def _or_error(extract, path: str, settings: FeatureSettings) -> np.ndarray | AudioError:
+def _or_error(extract, path: str, settings: FeatureSettings, limit: ClipLimit | None) -> np.ndarray | AudioError:
     try:
-        return extract(path, settings)
+        return extract(path, settings, limit)
     except AudioError as error:
         return error
 
@@ -96,6 +125,8 @@ class AudioDataModule(SequenceDataModuleBase):
         features: FeatureSettings = FeatureSettings(),
         cache_dir: str | os.PathLike = "data/cache",
         on_error: OnError = "raise",
+        max_seconds: float | None = None,
+        long_clips: LongClips = "error",
         cache_workers: int = 0,
         on_device_features: bool = False,
         augment: AugmentSettings = AugmentSettings(),
@@ -114,6 +145,11 @@ class AudioDataModule(SequenceDataModuleBase):
             on_error: ``raise`` stops before training at the first bad file, naming it; ``skip``
                 leaves bad files out and lists them with their reason in ``skipped.csv`` beside
                 the cache.
+            max_seconds: Longest clip accepted (seconds after resampling); None accepts any length.
+                One long outlier stretches every batch it lands in and can cost gigabytes.
+            long_clips: What happens to clips longer than ``max_seconds``: ``error`` treats them as
+                bad input (``on_error`` then raises or skips), ``crop`` keeps their first
+                ``max_seconds``.
             cache_workers: Processes used to build the cache (0: in this process).
             on_device_features: Cache waveforms instead of features and compute MFCC (and
                 augmentation) on the accelerator in ``on_after_batch_transfer``; batches read
@@ -122,10 +158,15 @@ class AudioDataModule(SequenceDataModuleBase):
         """
         super().__init__(batch_size, max_frames, bucketing, num_workers, val_fraction, test_fraction, seed)
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if max_seconds is not None and not max_seconds > 0:
+            raise ConfigError(f"max_seconds must be > 0 (or None for no limit), got {max_seconds}")
+        if long_clips not in ("error", "crop"):
+            raise ConfigError(f"long_clips must be 'error' or 'crop', got {long_clips!r}")
         self.features = features.resolve(self.native_sample_rate)
         self.cache_dir = Path(cache_dir)
         self.on_error = on_error
+        self.clip_limit = None if max_seconds is None else ClipLimit(float(max_seconds), long_clips == "crop")
         self.cache_workers = cache_workers
         self.on_device_features = on_device_features
         self.augment = augment
@@ -153,12 +194,17 @@ class AudioDataModule(SequenceDataModuleBase):
 
     def cache_path(self, records: list[Record]) -> Path:
         settings = {"waveform_rate": self.features.rate} if self.on_device_features else self.features.to_dict()
+        if self.clip_limit is not None:
+            settings["clip_limit"] = dataclasses.asdict(self.clip_limit)
         key = cache_key(settings, [r.source for r in records])
         return self.cache_dir / f"{self.name}{'-wave' if self.on_device_features else ''}-{key}"
 
     def prepare_data(self) -> None:
-        """Build the feature cache if needed (one process under DDP; keeps no state)."""
-        self.ensure_cache(self.load_records())
+        """Build the feature cache if needed (one process under DDP; keeps no state). The splits are
+        checked first, from the file list alone, so a run that cannot work stops before the build."""
+        records = self.load_records()
+        self.check_plan(records)
+        self.ensure_cache(records)
 
     def ensure_cache(self, records: list[Record]) -> MemmapFeatureCache:
         path = self.cache_path(records)
@@ -169,6 +215,7 @@ class AudioDataModule(SequenceDataModuleBase):
                 settings=self.features,
                 on_device=self.on_device_features,
                 skip_errors=self.on_error == "skip",
+                limit=self.clip_limit,
             )
             results = map_chunks_with_progress(
                 extract,
@@ -181,8 +228,35 @@ class AudioDataModule(SequenceDataModuleBase):
             MemmapFeatureCache.build(path, sources, results, dim, {"settings": self.features.to_dict()})
         cache = MemmapFeatureCache(path)
         if cache.skipped:
+            if self.on_error == "raise":  # the cache was built by an earlier run with on_error="skip"
+                first = cache.skipped[0]
+                raise AudioError(
+                    first.path,
+                    f"{first.reason} (on_error='raise'; an earlier run with on_error='skip' left out "
+                    f"{len(cache.skipped)} file(s), listed in {path / 'skipped.csv'})",
+                )
             print(f"{self.name}: skipped {len(cache.skipped)} bad file(s); see {path / 'skipped.csv'}")
+        if self.clip_limit is None:
+            self._warn_long_outliers(cache)
         return cache
+
+    def _warn_long_outliers(self, cache: MemmapFeatureCache) -> None:
+        lengths = cache.lengths
+        if len(lengths) == 0:
+            return
+        median = float(np.median(lengths))
+        outliers = np.flatnonzero(lengths > OUTLIER_RATIO * median)
+        if len(outliers) == 0:
+            return
+        unit = 1 / self.features.rate if self.on_device_features else self.features.hop_length / self.features.rate
+        longest = outliers[np.argsort(-lengths[outliers])][:5]
+        listed = ", ".join(f"{cache.keys[i]} ({lengths[i] * unit:.1f} s)" for i in longest)
+        warnings.warn(
+            f"{self.name}: {len(outliers)} clip(s) over {OUTLIER_RATIO:g}x the median length "
+            f"({median * unit:.2f} s) stretch every batch they land in: {listed}. "
+            "max_seconds (with long_clips='crop' or 'error') limits clip length.",
+            stacklevel=2,
+        )
 
     def build_store(self, records: list[Record]) -> tuple[MemmapFeatureCache, list[int]]:
         self.cache = self.ensure_cache(records)

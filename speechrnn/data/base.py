@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from speechrnn.data.cache import FeatureStore
 from speechrnn.data.sampler import BucketBatchSampler
+from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings
 
 Split = Literal["train", "val", "test"]
@@ -161,9 +162,17 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         super().__init__()
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        if val_fraction + test_fraction >= 1:
+            raise ConfigError(
+                f"val_fraction + test_fraction must leave data to train on, got {val_fraction} + {test_fraction}"
+            )
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if max_frames is not None and max_frames < 1:
+            raise ConfigError(f"max_frames must be >= 1 (or None for no frame budget), got {max_frames}")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
         self.batch_size = batch_size
         self.max_frames = max_frames
         self.bucketing = bucketing
@@ -178,6 +187,9 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         self.splits: dict[str, np.ndarray] = {}
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
+        self.required_splits: tuple[Split, ...] = ("train",)
+        """Splits that must hold data; ``python -m speechrnn.fit`` needs all three (it validates on
+        ``val`` and tests the best checkpoint on ``test``), and says so before any work."""
 
     # --- what subclasses provide -------------------------------------------------------------
     @abstractmethod
@@ -213,9 +225,16 @@ class SequenceDataModuleBase(pl.LightningDataModule):
     @property
     def records(self) -> list[Record]:
         if self._records is None:
-            self._records = self.load_records()
-            if not self._records:
-                raise ValueError(f"{type(self).__name__}: the corpus has no examples")
+            records = self.load_records()
+            if not records:
+                raise UserInputError(f"{type(self).__name__}: the corpus has no examples")
+            repeated = [source for source, count in Counter(r.source for r in records).items() if count > 1]
+            if repeated:
+                raise UserInputError(
+                    f"{type(self).__name__}: {len(repeated)} example(s) listed more than once, "
+                    f"e.g. {repeated[:3]}; each file must appear once"
+                )
+            self._records = records
         return self._records
 
     @property
@@ -238,15 +257,50 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             "feature_std": None if self.feature_std is None else self.feature_std.tolist(),
         }
 
+    def record_splits(self, records: list[Record]) -> list[str]:
+        """The split of each record (from the data, or assigned with ``seed``)."""
+        return assign_splits(
+            records, self.val_fraction, self.test_fraction, self.seed, stratify=self.task == "classification"
+        )
+
+    def check_plan(self, records: list[Record] | None = None) -> None:
+        """Check, from the list of examples alone (no audio read), that the run can work: at least
+        two classes, every class in training, and data in each of :attr:`required_splits`."""
+        records = self.records if records is None else records
+        name = type(self).__name__
+        splits = self.record_splits(records)
+        if self.task == "classification":
+            labels = sorted({r.label for r in records})
+            if len(labels) < 2:
+                raise UserInputError(
+                    f"{name}: the data has one class only ({labels[0]!r}); classification needs two or more"
+                )
+            in_train = {r.label for r, split in zip(records, splits, strict=True) if split == "train"}
+            missing = [label for label in labels if label not in in_train]
+            if missing:
+                raise UserInputError(f"{name}: classes with no training examples: {missing}")
+        for split in self.required_splits:
+            if split not in splits:
+                raise UserInputError(f"{name}: the {split} split would have no data{self._split_hint(split)}")
+
+    def _split_hint(self, split: str) -> str:
+        if split == "train":
+            return ""
+        fraction = getattr(self, f"{split}_fraction", None)
+        option = f"; {split}_fraction is {fraction}" if fraction is not None else ""
+        return (
+            f"{option} (python -m speechrnn.fit validates on val and tests the best checkpoint on test: "
+            f"give the data a {split} split or a {split}_fraction > 0)"
+        )
+
     # --- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
             return
         records = self.records
+        self.check_plan(records)
         self.store, self.store_records = self.build_store(records)
-        record_splits = assign_splits(
-            records, self.val_fraction, self.test_fraction, self.seed, stratify=self.task == "classification"
-        )
+        record_splits = self.record_splits(records)
         stored_splits = np.array([record_splits[p] for p in self.store_records])
         self.splits = {name: np.flatnonzero(stored_splits == name) for name in SPLITS}
         self._check_splits()
@@ -261,12 +315,13 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         unknown = sorted({r.label for r in self.records} - set(self.class_names))
         if unknown:
             raise ValueError(f"{type(self).__name__}: labels not among the classes {self.class_names}: {unknown}")
-        if len(self.splits["train"]) == 0:
-            raise ValueError(f"{type(self).__name__}: the train split has no data")
+        for split in self.required_splits:
+            if len(self.splits[split]) == 0:
+                raise UserInputError(f"{type(self).__name__}: the {split} split has no data left after skipped files")
         train_labels = Counter(self.records[self.store_records[i]].label for i in self.splits["train"])
         missing = [name for name in self.class_names if train_labels[name] == 0]
         if missing:
-            raise ValueError(f"{type(self).__name__}: classes with no training examples: {missing}")
+            raise UserInputError(f"{type(self).__name__}: classes with no training examples: {missing}")
 
     def _train_statistics(self) -> tuple[np.ndarray, np.ndarray]:
         assert self.store is not None

@@ -8,10 +8,14 @@ can replace the memory-mapped cache without touching batching or splitting.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -125,7 +129,8 @@ class MemmapFeatureCache(ConcatenatedFeatureStore):
         """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+        remove_stale_builds(directory)
+        tmp = directory.parent / f".{directory.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             kept: list[str] = []
@@ -158,6 +163,43 @@ class MemmapFeatureCache(ConcatenatedFeatureStore):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return cls(directory)
+
+
+STALE_FOREIGN_BUILD_SECONDS = 24 * 3600
+"""A temporary build folder of another machine (shared storage) is removed after this long."""
+
+
+def remove_stale_builds(directory: Path) -> list[Path]:
+    """Remove the temporary folders that killed builds of ``directory`` left behind: those of a
+    process of this machine that no longer runs, and those of other machines older than a day.
+    A build that is still running is left alone. Returns what was removed."""
+    pattern = re.compile(rf"^\.{re.escape(directory.name)}\.tmp-(?:(?P<host>.+)-(?P<pid>\d+)-)?[0-9a-f]{{8}}$")
+    removed = []
+    for candidate in directory.parent.glob(f".{glob.escape(directory.name)}.tmp-*"):
+        match = pattern.match(candidate.name)
+        if match is None or not candidate.is_dir():
+            continue
+        if match["host"] == socket.gethostname():
+            stale = not _process_alive(int(match["pid"]))
+        else:
+            try:
+                stale = time.time() - candidate.stat().st_mtime > STALE_FOREIGN_BUILD_SECONDS
+            except FileNotFoundError:
+                continue
+        if stale:
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cache_key(settings: dict[str, Any], files: Sequence[str | os.PathLike]) -> str:
@@ -215,6 +257,18 @@ def map_chunks_with_progress(
 
 
 def _single_thread() -> None:
+    """Worker set-up: one thread each, and exit when the parent dies (a killed build must not leave
+    workers holding hundreds of MB)."""
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="exit-with-parent").start()
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)

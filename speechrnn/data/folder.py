@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import os
 import re
+import warnings
 from pathlib import Path
 
-from speechrnn.data.audio import AudioDataModule, OnError
+from speechrnn.data.audio import AudioDataModule, LongClips, OnError
 from speechrnn.data.augment import AugmentSettings
 from speechrnn.data.base import Record
+from speechrnn.errors import MissingInputError, UserInputError
 from speechrnn.features import FeatureSettings
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
@@ -24,52 +26,97 @@ def read_manifest(
 ) -> list[Record]:
     """Records of a CSV manifest; relative paths are resolved against the manifest's folder.
 
-    The speaker and split columns are optional; an empty cell means unknown.
+    The speaker and split columns are optional; an empty cell means unknown. A byte-order mark (as
+    spreadsheet programs write) is ignored. A file listed twice is an error naming both lines,
+    unless the rows are identical, which gives a warning and one record.
     """
     manifest = Path(manifest)
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: manifest not found")
-    with open(manifest, newline="") as handle:
+        raise MissingInputError(f"{manifest}: manifest not found")
+    with open(manifest, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         for required in (path_column, label_column):
             if required not in columns:
-                raise ValueError(f"{manifest}: no column {required!r} (columns: {columns})")
-        records = []
+                raise UserInputError(f"{manifest}: no column {required!r} (columns: {columns})")
+        records: list[Record] = []
+        line_of: dict[str, int] = {}
+        repeated: list[int] = []
         for line, row in enumerate(reader, start=2):
             if not row[path_column] or not row[label_column]:
-                raise ValueError(f"{manifest}:{line}: empty path or label")
+                raise UserInputError(f"{manifest}:{line}: empty path or label")
             path = Path(row[path_column])
-            records.append(
-                Record(
-                    source=str(path if path.is_absolute() else manifest.parent / path),
-                    label=row[label_column],
-                    speaker=row.get(speaker_column) or None,
-                    split=row.get(split_column) or None,
-                )
+            record = Record(
+                source=os.path.normpath(path if path.is_absolute() else manifest.parent / path),
+                label=row[label_column],
+                speaker=row.get(speaker_column) or None,
+                split=row.get(split_column) or None,
             )
+            first = line_of.get(record.source)
+            if first is None:
+                line_of[record.source] = line
+                records.append(record)
+                continue
+            earlier = next(r for r in records if r.source == record.source)
+            if earlier != record:
+                raise UserInputError(
+                    f"{manifest}: lines {first} and {line} list the same file {row[path_column]!r} with "
+                    f"different {_differences(earlier, record)}; each file must appear once"
+                )
+            repeated.append(line)
+    if repeated:
+        warnings.warn(
+            f"{manifest}: {len(repeated)} duplicate row(s) (lines {repeated[:10]}) repeat an earlier row "
+            "exactly; each file is used once",
+            stacklevel=2,
+        )
     return records
 
 
-def scan_class_folders(root: str | os.PathLike, speaker_pattern: str | None = None) -> list[Record]:
+def _differences(a: Record, b: Record) -> str:
+    return " and ".join(
+        f"{name} ({getattr(a, name)!r} vs {getattr(b, name)!r})"
+        for name in ("label", "speaker", "split")
+        if getattr(a, name) != getattr(b, name)
+    )
+
+
+def scan_class_folders(
+    root: str | os.PathLike, speaker_pattern: str | None = None, on_error: OnError = "raise"
+) -> list[Record]:
     """Records of ``root/<label>/**/<file>`` for audio files; speakers from ``speaker_pattern``
-    (a regular expression with a ``speaker`` group, matched against the file name) when given."""
+    (a regular expression with a ``speaker`` group, matched against the file name) when given.
+
+    Links that lead nowhere are kept, so reading them reports the problem (or skips them, with
+    ``on_error="skip"``); a class folder without audio is an error, or a warning with ``skip``.
+    """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: audio folder not found")
+        raise MissingInputError(f"{root}: audio folder not found")
     pattern = re.compile(speaker_pattern) if speaker_pattern else None
     records = []
+    empty = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
-                continue
+        found = [
+            path
+            for path in sorted(class_dir.rglob("*"))
+            if path.suffix.lower() in AUDIO_EXTENSIONS and (path.is_symlink() or path.is_file())
+        ]
+        if not found:
+            empty.append(class_dir.name)
+        for path in found:
             speaker = None
             if pattern is not None:
                 match = pattern.search(path.name)
                 speaker = match.group("speaker") if match else None
             records.append(Record(str(path), class_dir.name, speaker))
     if not records:
-        raise ValueError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in class subfolders")
+        raise UserInputError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in class subfolders")
+    if empty:
+        message = f"{root}: class folder(s) without audio files: {empty}"
+        if on_error == "raise":
+            raise UserInputError(f"{message} (remove them, or on_error='skip' leaves those classes out)")
+        warnings.warn(f"{message}; those classes are left out", stacklevel=2)
     return records
 
 
@@ -92,6 +139,8 @@ class AudioFolderDataModule(AudioDataModule):
         features: FeatureSettings = FeatureSettings(),
         cache_dir: str | os.PathLike = "data/cache",
         on_error: OnError = "raise",
+        max_seconds: float | None = None,
+        long_clips: LongClips = "error",
         cache_workers: int = 0,
         on_device_features: bool = False,
         augment: AugmentSettings = AugmentSettings(),
@@ -116,7 +165,8 @@ class AudioFolderDataModule(AudioDataModule):
                 matched against file names, e.g. ``^(?P<speaker>[^_]+)_``.
         """
         super().__init__(
-            features=features, cache_dir=cache_dir, on_error=on_error, cache_workers=cache_workers,
+            features=features, cache_dir=cache_dir, on_error=on_error, max_seconds=max_seconds,
+            long_clips=long_clips, cache_workers=cache_workers,
             on_device_features=on_device_features, augment=augment, batch_size=batch_size, max_frames=max_frames,
             bucketing=bucketing, num_workers=num_workers, val_fraction=val_fraction, test_fraction=test_fraction,
             seed=seed,
@@ -136,4 +186,4 @@ class AudioFolderDataModule(AudioDataModule):
     def load_records(self) -> list[Record]:
         if self.manifest is not None:
             return read_manifest(self.manifest, *self.columns)
-        return scan_class_folders(self.root, self.speaker_pattern)  # type: ignore[arg-type]
+        return scan_class_folders(self.root, self.speaker_pattern, self.on_error)  # type: ignore[arg-type]

@@ -14,9 +14,10 @@ from typing import Literal
 
 import numpy as np
 
-from speechrnn.data.audio import AudioDataModule, OnError
+from speechrnn.data.audio import AudioDataModule, LongClips, OnError
 from speechrnn.data.augment import AugmentSettings
 from speechrnn.data.base import Record
+from speechrnn.errors import MissingInputError
 from speechrnn.features import FeatureSettings
 
 DEFAULT_ROOT = Path("data/fsdd/recordings")
@@ -117,6 +118,8 @@ class FSDDDataModule(AudioDataModule):
         features: FeatureSettings = FeatureSettings(),
         cache_dir: str | os.PathLike = "data/cache",
         on_error: OnError = "raise",
+        max_seconds: float | None = None,
+        long_clips: LongClips = "error",
         cache_workers: int = 0,
         on_device_features: bool = False,
         augment: AugmentSettings = AugmentSettings(),
@@ -140,7 +143,8 @@ class FSDDDataModule(AudioDataModule):
                 ``root`` holds no recordings.
         """
         super().__init__(
-            features=features, cache_dir=cache_dir, on_error=on_error, cache_workers=cache_workers,
+            features=features, cache_dir=cache_dir, on_error=on_error, max_seconds=max_seconds,
+            long_clips=long_clips, cache_workers=cache_workers,
             on_device_features=on_device_features, augment=augment, batch_size=batch_size, max_frames=max_frames,
             bucketing=bucketing, num_workers=num_workers, val_fraction=val_fraction, test_fraction=0.0, seed=seed,
         )  # fmt: skip
@@ -177,7 +181,7 @@ class FSDDDataModule(AudioDataModule):
         """``(path, digit, speaker, index)`` of every recording in ``root``, sorted by file name."""
         if not self.root.is_dir():
             hint = "" if self.download else " (download=True fetches it)"
-            raise FileNotFoundError(f"{self.root}: FSDD recordings folder not found{hint}")
+            raise MissingInputError(f"{self.root}: FSDD recordings folder not found{hint}")
         found = []
         for path in sorted(self.root.iterdir()):
             match = FILE_PATTERN.match(path.name)

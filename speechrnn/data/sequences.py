@@ -7,6 +7,7 @@ of the training split only.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -15,29 +16,84 @@ import numpy as np
 
 from speechrnn.data.base import Record, SequenceDataModuleBase
 from speechrnn.data.cache import ConcatenatedFeatureStore
+from speechrnn.errors import MissingInputError, UserInputError
 
 SequenceTask = Literal["classification", "regression"]
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read an ``.npz`` holding ``features`` (concatenated ``(total_frames, F)``) with ``lengths``,
-    or ``features`` as an object array of ``(T_i, F)`` arrays; ``labels``; optional ``groups``
-    (speakers, subjects, ...) and ``splits`` (train/val/test)."""
+    """Read an ``.npz`` holding ``features`` (concatenated ``(total_frames, F)``) with ``lengths``
+    (frames per sequence), or equal-length sequences ``(N, T, F)``; ``labels``; and optional
+    ``groups`` (speakers, subjects, ...) and ``splits`` (train/val/test).
+
+    Nothing in the file is unpickled: an archive of object arrays (ragged sequences saved as a
+    list) is refused with the conversion to make (:func:`save_npz` writes the safe layout).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    with np.load(path, allow_pickle=True) as archive:
-        arrays = dict(archive)
+        raise MissingInputError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = dict(archive)
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise UserInputError(f"{path}: not a readable .npz archive ({error})") from None
+        raise UserInputError(
+            f"{path}: holds object arrays, which would have to be unpickled (a file can run code that "
+            "way, so speechrnn never does). Store ragged sequences concatenated: features "
+            "(total_frames, F) float32 plus lengths (frames per sequence), e.g. with "
+            "speechrnn.data.sequences.save_npz(path, sequences, labels)"
+        ) from None
+    except (OSError, EOFError) as error:
+        raise UserInputError(f"{path}: not a readable .npz archive ({error})") from None
     for key in ("features", "labels"):
         if key not in arrays:
-            raise ValueError(f"{path}: no {key!r} array (found {sorted(arrays)})")
+            raise UserInputError(f"{path}: no {key!r} array (found {sorted(arrays)})")
     features = arrays["features"]
-    if "lengths" in arrays:
-        offsets = np.concatenate([[0], np.cumsum(arrays["lengths"])])
-        if offsets[-1] != len(features):
-            raise ValueError(f"{path}: lengths sum to {offsets[-1]} but features has {len(features)} frames")
-        arrays["features"] = [features[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    if "lengths" not in arrays:
+        if features.ndim != 3:
+            raise UserInputError(
+                f"{path}: features of shape {features.shape} without lengths; give (total_frames, F) features "
+                "with a lengths array, or equal-length sequences as (N, T, F)"
+            )
+        arrays["features"] = list(features)
+        return arrays
+    lengths = np.asarray(arrays["lengths"])
+    if features.ndim != 2:
+        raise UserInputError(f"{path}: features with lengths must be (total_frames, F), got shape {features.shape}")
+    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer) or (lengths < 0).any():
+        raise UserInputError(f"{path}: lengths must be non-negative integers, one per sequence")
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    if offsets[-1] != len(features):
+        raise UserInputError(f"{path}: lengths sum to {offsets[-1]} but features has {len(features)} frames")
+    arrays["features"] = [features[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     return arrays
+
+
+def save_npz(
+    path: str | os.PathLike,
+    sequences: Sequence[np.ndarray],
+    labels: Sequence,
+    groups: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+) -> Path:
+    """Write ``(T_i, F)`` sequences in the layout :func:`load_npz` reads (no object arrays), atomically."""
+    import io
+
+    from speechrnn.io import atomic_write_bytes
+
+    arrays = {
+        "features": np.concatenate([np.asarray(s, dtype=np.float32) for s in sequences]),
+        "lengths": np.array([len(s) for s in sequences], dtype=np.int64),
+        "labels": np.asarray(labels),
+    }
+    if groups is not None:
+        arrays["groups"] = np.asarray(groups, dtype=str)
+    if splits is not None:
+        arrays["splits"] = np.asarray(splits, dtype=str)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 class SequenceDataModule(SequenceDataModuleBase):
@@ -107,7 +163,11 @@ class SequenceDataModule(SequenceDataModuleBase):
 
     @property
     def feature_dim(self) -> int:
-        return int(np.shape(self.arrays["features"][0])[1])
+        """The feature size most sequences share (so an odd sequence is the one blamed, wherever it is)."""
+        widths = Counter(int(np.shape(s)[1]) for s in self.arrays["features"] if np.ndim(s) == 2)
+        if not widths:
+            raise ValueError("SequenceDataModule: no sequence is a 2-D (time, features) array")
+        return widths.most_common(1)[0][0]
 
     @property
     def class_names(self) -> list[str]:
@@ -138,10 +198,13 @@ class SequenceDataModule(SequenceDataModuleBase):
         ]
 
     def build_store(self, records: list[Record]) -> tuple[ConcatenatedFeatureStore, list[int]]:
+        dim = self.feature_dim
         sequences = [np.asarray(s, dtype=np.float32) for s in self.arrays["features"]]
         for i, sequence in enumerate(sequences):
-            if sequence.ndim != 2 or sequence.shape[1] != self.feature_dim or len(sequence) == 0:
-                raise ValueError(f"sequence {i}: shape {sequence.shape}, expected (T > 0, {self.feature_dim})")
+            if sequence.ndim != 2 or sequence.shape[1] != dim or len(sequence) == 0:
+                raise ValueError(
+                    f"sequence {i}: shape {sequence.shape}, expected (T > 0, {dim}) like the other sequences"
+                )
             if not np.isfinite(sequence).all():
                 raise ValueError(f"sequence {i}: contains NaN or infinite values")
         return ConcatenatedFeatureStore.from_arrays(sequences), list(range(len(records)))
@@ -153,7 +216,8 @@ class SequenceDataModule(SequenceDataModuleBase):
 
     def _check_splits(self) -> None:
         if self._task == "regression":
-            if len(self.splits["train"]) == 0:
-                raise ValueError("SequenceDataModule: the train split has no data")
+            for split in self.required_splits:
+                if len(self.splits[split]) == 0:
+                    raise UserInputError(f"SequenceDataModule: the {split} split has no data")
             return
         super()._check_splits()

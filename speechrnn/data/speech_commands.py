@@ -15,9 +15,10 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 
-from speechrnn.data.audio import AudioDataModule, OnError
+from speechrnn.data.audio import AudioDataModule, LongClips, OnError
 from speechrnn.data.augment import AugmentSettings
 from speechrnn.data.base import SPLITS, Record
+from speechrnn.errors import MissingInputError
 from speechrnn.features import FeatureSettings
 
 DEFAULT_ROOT = Path("data/speech_commands")
@@ -72,7 +73,7 @@ def download_speech_commands(root: str | os.PathLike, version: int) -> Path:
 def read_split_list(path: Path) -> set[str]:
     """Relative paths (``<word>/<file>.wav``) listed in ``validation_list.txt`` or ``testing_list.txt``."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: official split list not found")
+        raise MissingInputError(f"{path}: official split list not found")
     return {Path(line.strip()).as_posix() for line in path.read_text().splitlines() if line.strip()}
 
 
@@ -85,7 +86,7 @@ def scan_speech_commands(corpus: Path) -> list[Record]:
     when listed in both), everything else is training data.
     """
     if not corpus.is_dir():
-        raise FileNotFoundError(f"{corpus}: Speech Commands folder not found (download=True fetches it)")
+        raise MissingInputError(f"{corpus}: Speech Commands folder not found (download=True fetches it)")
     test = read_split_list(corpus / "testing_list.txt")
     val = read_split_list(corpus / "validation_list.txt")
     records = []
@@ -197,6 +198,8 @@ class SpeechCommandsDataModule(AudioDataModule):
         features: FeatureSettings = FeatureSettings(),
         cache_dir: str | os.PathLike = "data/cache",
         on_error: OnError = "raise",
+        max_seconds: float | None = None,
+        long_clips: LongClips = "error",
         cache_workers: int = 0,
         on_device_features: bool = False,
         augment: AugmentSettings = AugmentSettings(),
@@ -222,7 +225,8 @@ class SpeechCommandsDataModule(AudioDataModule):
             seed: Seed of the ``_unknown_`` sample, the ``_silence_`` clips and the batch order.
         """
         super().__init__(
-            features=features, cache_dir=cache_dir, on_error=on_error, cache_workers=cache_workers,
+            features=features, cache_dir=cache_dir, on_error=on_error, max_seconds=max_seconds,
+            long_clips=long_clips, cache_workers=cache_workers,
             on_device_features=on_device_features, augment=augment, batch_size=batch_size, max_frames=max_frames,
             bucketing=bucketing, num_workers=num_workers, val_fraction=0.0, test_fraction=0.0, seed=seed,
         )  # fmt: skip

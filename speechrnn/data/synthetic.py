@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from speechrnn.data.audio import OnError
+from speechrnn.data.audio import LongClips, OnError
 from speechrnn.data.augment import AugmentSettings
 from speechrnn.data.base import Record
 from speechrnn.data.folder import AudioFolderDataModule, read_manifest
@@ -37,6 +37,8 @@ class SyntheticCommandsDataModule(AudioFolderDataModule):
         features: FeatureSettings = FeatureSettings(),
         cache_dir: str | os.PathLike = "data/cache",
         on_error: OnError = "raise",
+        max_seconds: float | None = None,
+        long_clips: LongClips = "error",
         cache_workers: int = 0,
         on_device_features: bool = False,
         augment: AugmentSettings = AugmentSettings(),
@@ -70,6 +72,8 @@ class SyntheticCommandsDataModule(AudioFolderDataModule):
             features=features,
             cache_dir=cache_dir,
             on_error=on_error,
+            max_seconds=max_seconds,
+            long_clips=long_clips,
             cache_workers=cache_workers,
             on_device_features=on_device_features,
             augment=augment,

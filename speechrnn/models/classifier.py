@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -12,6 +13,7 @@ from pytorch_lightning.utilities import grad_norm
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from speechrnn.io import checkpoint_errors
 from speechrnn.models.encoder import Cell
 from speechrnn.models.network import SequenceClassifierNet
 from speechrnn.models.pooling import Pooling
@@ -92,6 +94,13 @@ class RNNClassifier(pl.LightningModule):
         self.train_metrics = self._make_metrics("train")
         self.val_metrics = self._make_metrics("val")
         self.test_metrics = self._make_metrics("test")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: Any = "cpu") -> RNNClassifier:
+        """The model of a checkpoint written by ``python -m speechrnn.fit``, loaded with
+        ``weights_only=True`` (nothing in the file runs); a file that is not one gets an error naming it."""
+        with checkpoint_errors(path):
+            return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
 
     def _make_metrics(self, stage: str) -> MetricCollection:
         if self.hparams.task == "regression":
