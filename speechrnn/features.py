@@ -146,6 +146,42 @@ def reflect_past_ends(waveforms: torch.Tensor, lengths: torch.Tensor, width: int
     return torch.where(position < ends, padded, torch.where(in_mirror, mirrored, 0.0))
 
 
+def vtln_warp_frequencies(frequencies: torch.Tensor, warps: torch.Tensor, nyquist: float) -> torch.Tensor:
+    """Piecewise-linear vocal-tract-length warp of ``frequencies`` (Hz) by each of ``warps`` ``(B,)``:
+    ``f -> warp * f`` below a hinge, then a straight line that maps the Nyquist frequency onto
+    itself, so the axis stays within ``[0, nyquist]`` and monotonic. Returns ``(B, len(frequencies))``.
+    Factor 1 is the identity."""
+    warps = warps.to(frequencies.dtype)[:, None]
+    hinge = 0.85 * nyquist / warps.clamp_min(1.0)
+    low = frequencies[None, :] * warps
+    high = warps * hinge + (nyquist - warps * hinge) * (frequencies[None, :] - hinge) / (nyquist - hinge)
+    return torch.where(frequencies[None, :] <= hinge, low, high)
+
+
+def _htk_mel(hz: float) -> float:
+    return 2595.0 * float(np.log10(1.0 + hz / 700.0))
+
+
+def warped_mel_filterbanks(settings: FeatureSettings, warps: torch.Tensor) -> torch.Tensor:
+    """Mel filterbanks ``(B, n_freqs, n_mels)`` read on each clip's warped frequency axis (VTLN).
+
+    Each is torchaudio's ``melscale_fbanks`` (HTK scale, no norm, as :class:`MFCCFrontend` uses)
+    evaluated at :func:`vtln_warp_frequencies` of the FFT bins, so warp 1 gives exactly the
+    unwarped filterbank."""
+    n_freqs = settings.n_fft // 2 + 1
+    nyquist = settings.rate / 2
+    f_max = settings.f_max if settings.f_max is not None else nyquist
+    bins = torch.linspace(0, settings.rate // 2, n_freqs, device=warps.device)
+    frequencies = vtln_warp_frequencies(bins, warps, float(settings.rate // 2))
+    mels = torch.linspace(_htk_mel(settings.f_min), _htk_mel(f_max), settings.n_mels + 2, device=warps.device)
+    points = 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+    widths = points[1:] - points[:-1]
+    slopes = points[None, None, :] - frequencies[..., None]  # (B, n_freqs, n_mels + 2)
+    down = -slopes[..., :-2] / widths[:-1]
+    up = slopes[..., 2:] / widths[1:]
+    return torch.clamp(torch.minimum(down, up), min=0.0)
+
+
 class MFCCFrontend(nn.Module):
     """Waveforms ``(B, samples)`` with ``lengths`` in samples -> features ``(B, T, F)`` and frame lengths.
 
@@ -178,14 +214,15 @@ class MFCCFrontend(nn.Module):
         self.register_buffer("dct", torchaudio.functional.create_dct(settings.n_mfcc, settings.n_mels, "ortho"))
 
     def forward(
-        self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, warps: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(features (B, T, F), frame lengths (B,) int64 on the CPU)``; ``T`` is the longest clip's."""
+        """``(features (B, T, F), frame lengths (B,) int64 on the CPU)``; ``T`` is the longest clip's.
+        ``warps (B,)`` warps each clip's mel filterbank (vocal-tract-length perturbation)."""
         if lengths is None:
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[-1], dtype=torch.int64)
         lengths = lengths.cpu().to(torch.int64)
         frames = int(self.settings.num_frames(lengths).max())
-        return self.compute(waveforms, lengths, frames)
+        return self.compute(waveforms, lengths, frames, warps=warps)
 
     def compute(
         self,
@@ -193,14 +230,21 @@ class MFCCFrontend(nn.Module):
         lengths: torch.Tensor,
         frames: int | None = None,
         deltas: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        warps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The front end for ``lengths`` (int64, any device), keeping ``frames`` frames (all the STFT
         yields when None, as an exported graph needs: frames past each clip's end are masked like
-        padding). ``deltas`` replaces torchaudio's ``compute_deltas(win_length=5)``."""
+        padding). ``deltas`` replaces torchaudio's ``compute_deltas(win_length=5)``; ``warps (B,)``
+        reads each clip's spectrum through a warped mel filterbank (:func:`warped_mel_filterbanks`)."""
         deltas = deltas or functools.partial(torchaudio.functional.compute_deltas, win_length=5)
         frame_lengths = self.settings.num_frames(lengths)
         audio = reflect_past_ends(waveforms.float(), lengths, self.settings.n_fft // 2)
-        power = self.melspectrogram(audio)  # (B, n_mels, T)
+        if warps is None:
+            power = self.melspectrogram(audio)  # (B, n_mels, T)
+        else:
+            spectrum = self.melspectrogram.spectrogram(audio)  # (B, n_freqs, T)
+            filterbanks = warped_mel_filterbanks(self.settings, warps.to(spectrum.device))
+            power = torch.bmm(filterbanks.transpose(1, 2), spectrum)
         if frames is not None:
             power = power[..., :frames]
         frames = power.shape[-1]

@@ -170,8 +170,11 @@ class AudioDataModule(SequenceDataModuleBase):
         self.cache_workers = cache_workers
         self.on_device_features = on_device_features
         self.augment = augment
-        if augment.noise_dir is not None and not on_device_features:
-            raise ValueError("augment.noise_dir needs on_device_features=True (noise is mixed into waveforms)")
+        if augment.needs_waveforms and not on_device_features:
+            raise ConfigError(
+                "augment.noise_dir, coloured_noise, speed_factors and vtln_warp need on_device_features=True "
+                "(they work on waveforms, which only the waveform cache keeps)"
+            )
         self.cache: MemmapFeatureCache | None = None
         self._frontend: MFCCFrontend | None = None
         self._augmenter: Augmenter | None = None
@@ -281,10 +284,11 @@ class AudioDataModule(SequenceDataModuleBase):
         features, lengths, *rest = batch
         augment = training and self.augment.enabled
         if self.on_device_features:
-            audio = features[..., 0]
+            audio, warps = features[..., 0], None
             if augment:
                 audio, lengths = self.augmenter.to(audio.device).waveforms(audio, lengths, self.features.win_length)
-            features, lengths = self.frontend.to(audio.device)(audio, lengths)
+                warps = self.augmenter.draw_warps(len(lengths)) if self.augment.vtln_warp else None
+            features, lengths = self.frontend.to(audio.device)(audio, lengths, warps)
             if self.feature_mean is not None:
                 mean = torch.as_tensor(self.feature_mean, device=features.device)
                 std = torch.as_tensor(self.feature_std, device=features.device)

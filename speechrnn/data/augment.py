@@ -1,9 +1,11 @@
-"""Training-time augmentation on padded batches: time shift, background noise, SpecAugment masks.
+"""Training-time augmentation on padded batches: time shift, speed perturbation, vocal-tract-length
+perturbation, background or coloured noise, SpecAugment masks.
 
 Everything works on whole batches (on the accelerator when the batch is there) and keeps
-``lengths`` on the CPU. Shifts and noise draw from a seeded ``torch.Generator``; SpecAugment uses
-torchaudio's masking transforms, which draw from torch's global generator (seeded by the CLI's
-``seed_everything``).
+``lengths`` on the CPU. Shifts, speeds, warps and noise draw from a seeded ``torch.Generator``;
+SpecAugment uses torchaudio's masking transforms, which draw from torch's global generator (seeded
+by the CLI's ``seed_everything``). Speed, warp and noise need waveforms, so they need the waveform
+cache (``on_device_features``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ class AugmentSettings:
     """Range of the signal-to-noise ratio (dB) drawn for each clip."""
     noise_probability: float = 0.8
     """Fraction of training clips that get noise."""
+    coloured_noise: bool = False
+    """Without ``noise_dir``: mix synthetic coloured noise (spectral slope drawn per clip between
+    white and brown) at ``noise_snr_db`` into ``noise_probability`` of the clips."""
+    speed_factors: tuple[float, ...] = ()
+    """Speed perturbation: each training clip is resampled to one of these speeds (tempo and pitch
+    together, as Kaldi's 0.9/1.0/1.1), drawn at random; empty turns it off."""
+    vtln_warp: float = 0.0
+    """Vocal-tract-length perturbation: each clip's mel filterbank reads a frequency axis warped by
+    a factor drawn uniformly from ``[1 - vtln_warp, 1 + vtln_warp]``; 0 turns it off."""
     freq_masks: int = 0
     """SpecAugment: number of frequency masks per clip."""
     freq_mask_width: int = 8
@@ -52,13 +63,27 @@ class AugmentSettings:
             raise ValueError(f"augment.noise_snr_db must be (low, high) with low <= high, got {self.noise_snr_db}")
         if not 0 <= self.noise_probability <= 1:
             raise ValueError(f"augment.noise_probability must be in [0, 1], got {self.noise_probability}")
+        if any(not 0.5 <= factor <= 2.0 for factor in self.speed_factors):
+            raise ValueError(f"augment.speed_factors must lie in [0.5, 2], got {self.speed_factors}")
+        if not 0 <= self.vtln_warp < 0.5:
+            raise ValueError(f"augment.vtln_warp must be in [0, 0.5), got {self.vtln_warp}")
         for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def enabled(self) -> bool:
-        return bool(self.time_shift_ms or self.noise_dir or self.freq_masks or self.time_masks)
+        return bool(self.time_shift_ms or self.freq_masks or self.time_masks or self.needs_waveforms)
+
+    @property
+    def needs_waveforms(self) -> bool:
+        """Whether some part works on waveforms (and so needs ``on_device_features``)."""
+        return bool(self.noise_dir or self.coloured_noise or self.speeds or self.vtln_warp)
+
+    @property
+    def speeds(self) -> tuple[float, ...]:
+        """The speed factors, or none when they are all 1."""
+        return self.speed_factors if any(factor != 1 for factor in self.speed_factors) else ()
 
 
 def shift_sequences(
@@ -91,6 +116,9 @@ class Augmenter(nn.Module):
         self.freq_mask = torchaudio.transforms.FrequencyMasking(max(1, settings.freq_mask_width), iid_masks=True)
         self.time_mask = torchaudio.transforms.TimeMasking(max(1, settings.time_mask_width), iid_masks=True)
         self.register_buffer("noise", self._load_noise(settings.noise_dir, sample_rate), persistent=False)
+        self.resamplers = nn.ModuleList(
+            torchaudio.transforms.Resample(round(sample_rate * factor), sample_rate) for factor in settings.speeds
+        )
 
     @staticmethod
     def _load_noise(noise_dir: str | os.PathLike | None, sample_rate: int) -> torch.Tensor:
@@ -108,21 +136,71 @@ class Augmenter(nn.Module):
     def waveforms(
         self, audio: torch.Tensor, lengths: torch.Tensor, min_samples: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Time shift and noise on ``(batch, samples)`` waveforms."""
+        """Time shift, speed perturbation and noise on ``(batch, samples)`` waveforms."""
         if self.settings.time_shift_ms:
             audio, lengths = shift_sequences(audio, lengths, self._draw_shifts(len(lengths), 1), min_samples)
+        if self.settings.speeds:
+            choice = torch.randint(len(self.settings.speeds), (len(lengths),), generator=self.generator)
+            audio, lengths = self.change_speed(audio, lengths, choice, min_samples)
         if self.noise.numel():
-            audio = self._add_noise(audio, lengths)
+            audio = self._mix(audio, lengths, self._noise_segments(audio.shape[0], audio.shape[1]))
+        elif self.settings.coloured_noise:
+            audio = self._mix(audio, lengths, self._coloured_noise(audio.shape[0], audio.shape[1]))
         return audio, lengths
 
-    def _add_noise(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        batch, width = audio.shape
+    def change_speed(
+        self, audio: torch.Tensor, lengths: torch.Tensor, choice: torch.Tensor, min_samples: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resample clip ``b`` to speed ``settings.speeds[choice[b]]``, one resampling call per speed
+        for all the clips that drew it; returns the batch and its new CPU lengths."""
+        rate = self.sample_rate
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for k, (factor, resampler) in enumerate(zip(self.settings.speeds, self.resamplers, strict=True)):
+            rows = (choice == k).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            old = lengths[rows]
+            if factor == 1:
+                parts.append((rows, audio[rows.to(audio.device)], old))
+                continue
+            new = torch.clamp(torch.ceil(old * rate / round(rate * factor)).to(torch.int64), min=min_samples)
+            width = int(old.max())
+            parts.append((rows, resampler(audio[rows.to(audio.device), :width]), new))
+        width = max(int(new.max()) for _, _, new in parts)
+        out = audio.new_zeros(len(lengths), width)
+        new_lengths = lengths.clone()
+        for rows, clips, new in parts:
+            span = min(width, clips.shape[1])
+            out[rows.to(audio.device), :span] = clips[:, :span]
+            new_lengths[rows] = new
+        valid = torch.arange(width)[None, :] < new_lengths[:, None]
+        return out * valid.to(audio.device), new_lengths
+
+    def draw_warps(self, count: int) -> torch.Tensor:
+        """VTLN warp factors ``(count,)`` uniform in ``[1 - vtln_warp, 1 + vtln_warp]``."""
+        width = self.settings.vtln_warp
+        return 1 - width + 2 * width * torch.rand(count, generator=self.generator)
+
+    def _noise_segments(self, batch: int, width: int) -> torch.Tensor:
         if self.noise.numel() < width:
             noise = self.noise.repeat(width // self.noise.numel() + 1)
         else:
             noise = self.noise
         starts = torch.randint(0, noise.numel() - width + 1, (batch,), generator=self.generator)
-        segments = noise.to(audio.device)[(starts[:, None] + torch.arange(width)[None, :]).to(audio.device)]
+        return noise[(starts[:, None] + torch.arange(width)[None, :]).to(noise.device)]
+
+    def _coloured_noise(self, batch: int, width: int) -> torch.Tensor:
+        """Noise ``(batch, width)`` with power falling as ``f ** -slope``, slope uniform in [0, 2]."""
+        white = torch.randn(batch, width, generator=self.generator)
+        slope = 2 * torch.rand(batch, 1, generator=self.generator)
+        spectrum = torch.fft.rfft(white)
+        frequency = torch.arange(spectrum.shape[1]).clamp_min(1).to(white.dtype)[None, :]
+        return torch.fft.irfft(spectrum * frequency ** (-slope / 2), n=width)
+
+    def _mix(self, audio: torch.Tensor, lengths: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """Add ``segments`` to ``noise_probability`` of the clips, each at an SNR drawn from ``noise_snr_db``."""
+        batch, width = audio.shape
+        segments = segments.to(audio.device)
         low, high = self.settings.noise_snr_db
         snr = low + (high - low) * torch.rand(batch, generator=self.generator)
         chosen = torch.rand(batch, generator=self.generator) < self.settings.noise_probability
