@@ -64,7 +64,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         )
         if model.hparams.task == "classification":
             device = trainer.strategy.root_device
-            report = report_split(model, datamodule, "test", folder / "report_test", device, {"checkpoint": best})
+            extra = {"checkpoint": best, "validation": datamodule.validation}
+            report = report_split(model, datamodule, "test", folder / "report_test", device, extra)
             print(f"test accuracy {report['accuracy']:.4f}; report in {folder / 'report_test'}")
         print(f"run folder: {folder}")
     return metrics

@@ -122,6 +122,8 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title:
 
 def _markdown(metrics: dict[str, Any], title: str) -> str:
     lines = [f"# {title}", "", f"{metrics['examples']} examples, {len(metrics['class_names'])} classes.", ""]
+    if metrics.get("validation"):
+        lines += [f"Validation during training: {metrics['validation']}.", ""]
     lines += ["| metric | value |", "|---|---:|"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "cohen_kappa", "log_loss", "expected_calibration_error"):
         lines.append(f"| {key.replace('_', ' ')} | {metrics[key]:.4f} |")

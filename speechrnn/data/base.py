@@ -11,6 +11,7 @@ prediction back to its file and speaker.
 from __future__ import annotations
 
 import math
+import warnings
 from abc import abstractmethod
 from collections import Counter
 from dataclasses import dataclass
@@ -187,6 +188,8 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         self.splits: dict[str, np.ndarray] = {}
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
+        self.validation = ""
+        """What validation measures (:meth:`describe_validation`), set by :meth:`setup`."""
         self.required_splits: tuple[Split, ...] = ("train",)
         """Splits that must hold data; ``python -m speechrnn.fit`` needs all three (it validates on
         ``val`` and tests the best checkpoint on ``test``), and says so before any work."""
@@ -255,6 +258,7 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             "features": settings.to_dict() if settings is not None else None,
             "feature_mean": None if self.feature_mean is None else self.feature_mean.tolist(),
             "feature_std": None if self.feature_std is None else self.feature_std.tolist(),
+            "validation": self.validation,
         }
 
     def record_splits(self, records: list[Record]) -> list[str]:
@@ -304,8 +308,30 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         stored_splits = np.array([record_splits[p] for p in self.store_records])
         self.splits = {name: np.flatnonzero(stored_splits == name) for name in SPLITS}
         self._check_splits()
+        self.validation = self.describe_validation()
+        if "shares" in self.validation:
+            warnings.warn(f"{type(self).__name__}: validation {self.validation}", stacklevel=2)
         if self.normalize_with_dataset_stats or self.use_dataset_stats():
             self.feature_mean, self.feature_std = self._train_statistics()
+
+    def describe_validation(self) -> str:
+        """What the validation split measures, in words for the run's report: accuracy on voices
+        never heard in training (speaker-disjoint), or on voices it was trained on."""
+        speakers = {
+            split: {self.records[self.store_records[i]].speaker for i in self.splits[split]}
+            for split in ("train", "val")
+        }
+        if not speakers["val"]:
+            return "none (no validation split)"
+        if None in speakers["train"] | speakers["val"]:
+            return "speakers unknown (cannot tell whether validation voices were heard in training)"
+        shared = speakers["train"] & speakers["val"]
+        if not shared:
+            return f"speaker-disjoint ({len(speakers['val'])} speaker(s) never heard in training)"
+        return (
+            f"shares {len(shared)} of {len(speakers['val'])} speaker(s) with training: checkpoint selection and "
+            "early stopping track accuracy on voices the model was trained on, which overstates new-speaker accuracy"
+        )
 
     def use_dataset_stats(self) -> bool:
         """Whether batches are normalised with training-split statistics (subclasses may override)."""
