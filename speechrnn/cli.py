@@ -14,7 +14,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from speechrnn.callbacks import EpochTimer
+from speechrnn.callbacks import EpochTimer, TrainingBudget
 from speechrnn.data.base import SequenceDataModuleBase
 from speechrnn.errors import ConfigError
 from speechrnn.models.classifier import RNNClassifier
@@ -82,14 +82,16 @@ class SpeechRNNCLI(LightningCLI):
     """LightningCLI over :class:`RNNClassifier` and any speechrnn DataModule (``--data CLASS``).
 
     The DataModule's ``feature_dim``, ``num_classes`` and ``class_names`` flow into the model, so
-    they are never typed. The best checkpoint (by ``val/acc``) and early stopping are configurable
-    as ``--checkpoint.*`` and ``--early_stopping.*``; ``last.ckpt`` holds the latest epoch.
+    they are never typed. The best checkpoint (by ``val/loss``) and early stopping are configurable
+    as ``--checkpoint.*`` and ``--early_stopping.*``; ``last.ckpt`` holds the latest epoch. Without
+    ``--trainer.max_epochs`` the number of epochs follows the training split's size
+    (:class:`~speechrnn.callbacks.TrainingBudget`).
     """
 
     def __init__(self, args: Any = None, run: bool = False, **kwargs: Any) -> None:
         trainer_defaults = {
             "precision": default_precision(),
-            "max_epochs": 10,
+            "max_epochs": None,  # TrainingBudget chooses it from the training split's size
             "gradient_clip_val": 5.0,
             "log_every_n_steps": 10,
             "use_distributed_sampler": False,  # the bucketing sampler shards itself
@@ -112,11 +114,14 @@ class SpeechRNNCLI(LightningCLI):
         from the latest state, not the best), rich's progress bar unless progress bars are off, and a
         run folder of its own even when several runs start at once under the same root."""
         config = self._get(self.config_init, "trainer", default={})
+        budget = config.get("max_epochs") is None and config.get("max_steps") in (None, -1)
+        if budget:
+            kwargs["max_epochs"] = TrainingBudget().max_epochs  # an upper bound; lowered in setup
         if config.get("logger") in (None, True) and "logger" not in kwargs:
             root = config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = TensorBoardLogger(save_dir=root, version=run_version(root))
         if "callbacks" not in kwargs:
-            callbacks = [*(config.get("callbacks") or []), EpochTimer()]
+            callbacks = [*(config.get("callbacks") or []), EpochTimer(), *([TrainingBudget()] if budget else [])]
             if config.get("enable_checkpointing") is not False:
                 callbacks.append(ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False))
             if config.get("enable_progress_bar") is not False:
@@ -141,14 +146,15 @@ class SpeechRNNCLI(LightningCLI):
         parser.set_defaults(
             {
                 "data": {"class_path": DEFAULT_DATA},
-                "checkpoint.monitor": "val/acc",
-                "checkpoint.mode": "max",
+                # Validation loss keeps moving after accuracy saturates on a small validation split.
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
                 "checkpoint.save_last": False,
-                "checkpoint.filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}",
+                "checkpoint.filename": "epoch{epoch:03d}-val_loss{val/loss:.4f}-val_acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
-                "early_stopping.monitor": "val/acc",
-                "early_stopping.mode": "max",
-                "early_stopping.patience": 3,
+                "early_stopping.monitor": "val/loss",
+                "early_stopping.mode": "min",
+                "early_stopping.patience": 5,
             }
         )
         parser.link_arguments("data.feature_dim", "model.input_size", apply_on="instantiate")

@@ -98,3 +98,27 @@ def test_help_documents_options() -> None:
     assert result.returncode == 0, result.stderr
     for option in ("--model.cell", "--model.bidirectional", "--data", "--trainer.max_epochs", "--ckpt_path"):
         assert option in result.stdout
+
+
+def test_training_budget_scales_epochs_with_the_training_split() -> None:
+    from speechrnn.callbacks import TrainingBudget
+
+    budget = TrainingBudget(min_steps=1000, min_epochs=10, max_epochs=100)
+    assert [budget.epochs_for(n) for n in (7, 66, 3000)] == [100, 16, 10]
+
+
+def test_unset_max_epochs_gets_a_budget_and_an_explicit_one_is_kept(tiny_corpus: Path, tmp_path: Path) -> None:
+    from speechrnn.callbacks import TrainingBudget
+    from speechrnn.cli import SpeechRNNCLI
+
+    cli = SpeechRNNCLI(args=fit_args(tiny_corpus, tmp_path))
+    budget = next(c for c in cli.trainer.callbacks if isinstance(c, TrainingBudget))
+    cli.datamodule.setup("fit")
+    cli.trainer.strategy.connect(cli.model)
+    cli.trainer._data_connector.attach_datamodule(cli.model, datamodule=cli.datamodule)
+    budget.setup(cli.trainer, cli.model, "fit")
+    batches = len(cli.datamodule.train_dataloader())
+    assert cli.trainer.fit_loop.max_epochs == budget.epochs_for(batches) == min(100, -(-1000 // batches))
+    explicit = SpeechRNNCLI(args=fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "3"))
+    assert explicit.trainer.max_epochs == 3
+    assert not any(isinstance(c, TrainingBudget) for c in explicit.trainer.callbacks)
