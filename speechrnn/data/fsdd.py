@@ -112,7 +112,7 @@ class FSDDDataModule(AudioDataModule):
         root: str | os.PathLike | None = None,
         split: FSDDSplit = "official",
         test_speakers: list[str] | None = None,
-        val_speakers: list[str] | None = None,
+        val_speakers: list[str] | Literal["auto"] | None = None,
         val_fraction: float = 0.1,
         download: bool = False,
         features: FeatureSettings = FeatureSettings(),
@@ -135,7 +135,9 @@ class FSDDDataModule(AudioDataModule):
             split: ``official``: recordings 0-4 are the test set (the dataset's own split);
                 ``speaker``: ``test_speakers`` are the test set (speaker-independent evaluation).
             test_speakers: With ``split="speaker"`` (required there): speakers held out for testing.
-            val_speakers: With ``split="speaker"``: speakers held out for validation; when not
+            val_speakers: With ``split="speaker"``: speakers held out for validation (``auto``: one
+                training speaker chosen with ``seed``, so checkpoint selection and early stopping
+                follow accuracy on a voice never heard in training); when not
                 given, validation is a seeded ``val_fraction`` of the training speakers' recordings.
             val_fraction: Fraction of each (digit, speaker) group of training recordings held out
                 for validation, chosen with ``seed``; unused when ``val_speakers`` are given.
@@ -152,8 +154,12 @@ class FSDDDataModule(AudioDataModule):
             raise ValueError(f"split must be 'official' or 'speaker', got {split!r}")
         if split == "official" and (test_speakers or val_speakers):
             raise ValueError("test_speakers and val_speakers apply to split='speaker' only")
+        if isinstance(val_speakers, str) and val_speakers != "auto":
+            raise ValueError(f"val_speakers must be a list of speakers or 'auto', got {val_speakers!r}")
         if split == "speaker" and not test_speakers:
             raise ValueError("split='speaker' needs test_speakers (the speakers held out for testing)")
+        self.auto_val_speaker = val_speakers == "auto"
+        val_speakers = None if self.auto_val_speaker else val_speakers
         overlap = sorted(set(test_speakers or []) & set(val_speakers or []))
         if overlap:
             raise ValueError(f"speakers both in test_speakers and val_speakers: {overlap}")
@@ -195,6 +201,11 @@ class FSDDDataModule(AudioDataModule):
         found = self.scan()
         present = {speaker for _, _, speaker, _ in found}
         unknown = sorted((set(self.test_speakers) | set(self.val_speakers)) - present)
+        if self.auto_val_speaker and not self.val_speakers:
+            candidates = sorted(present - set(self.test_speakers))
+            if len(candidates) < 2:
+                raise ValueError(f"{self.root}: val_speakers='auto' needs two training speakers, found {candidates}")
+            self.val_speakers = [candidates[int(np.random.default_rng(self.seed).integers(len(candidates)))]]
         if unknown:
             raise ValueError(f"{self.root}: no recordings of speakers {unknown} (present: {sorted(present)})")
         if self.split == "official":

@@ -189,3 +189,24 @@ def test_real_fsdd_official_and_speaker_splits(tmp_path: Path) -> None:
     assert len(test) == 500 and {r.speaker for r in test} == {"theo"}
     assert "theo" not in {r.speaker for r in dm.records if r.split != "test"}
     assert Counter(r.label for r in test) == {digit: 50 for digit in DIGITS}
+
+
+def test_auto_val_speaker_is_a_seeded_training_speaker_and_validation_says_so(fake_fsdd: Path, tmp_path: Path) -> None:
+    auto = FSDDDataModule(
+        root=fake_fsdd, split="speaker", test_speakers=["carol"], val_speakers="auto", cache_dir=tmp_path / "c"
+    )
+    assert auto.val_speakers == [] and len(auto.records) == 240
+    assert auto.val_speakers in (["alice"], ["bob"])
+    by_split = {split: {r.speaker for r in auto.records if r.split == split} for split in ("train", "val", "test")}
+    assert by_split["test"] == {"carol"} and by_split["val"] == set(auto.val_speakers)
+    assert by_split["train"] == {"alice", "bob"} - by_split["val"]
+    again = FSDDDataModule(root=fake_fsdd, split="speaker", test_speakers=["carol"], val_speakers="auto")
+    assert again.records == auto.records
+    auto.setup("fit")
+    assert auto.validation.startswith("speaker-disjoint (1 speaker(s)")
+    assert auto.data_config["validation"] == auto.validation
+    shared = FSDDDataModule(root=fake_fsdd, split="speaker", test_speakers=["carol"], cache_dir=tmp_path / "c")
+    with pytest.warns(UserWarning, match="validation shares 2 of 2 speaker"):
+        shared.setup("fit")
+    with pytest.raises(ValueError, match="val_speakers='auto' needs two training speakers"):
+        FSDDDataModule(root=fake_fsdd, split="speaker", test_speakers=["carol", "bob"], val_speakers="auto").records  # noqa: B018
