@@ -6,6 +6,7 @@ import math
 import time
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 
@@ -22,6 +23,17 @@ class EpochTimer(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.durations.append(time.perf_counter() - self._start)
         pl_module.log("time/epoch_seconds", self.durations[-1], on_epoch=True, on_step=False)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Rewrites ``last.ckpt`` after every epoch, so ``--ckpt_path last`` resumes the latest state.
+
+    A class of its own gives it its own checkpoint state key, so it coexists with a best-checkpoint
+    callback configured the same way (``--checkpoint.monitor null`` keeps the latest epoch there too).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(filename="last", save_top_k=1, enable_version_counter=False)
 
 
 class TrainingBudget(pl.Callback):

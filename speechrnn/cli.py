@@ -14,7 +14,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from speechrnn.callbacks import EpochTimer, TrainingBudget
+from speechrnn.callbacks import EpochTimer, LastCheckpoint, TrainingBudget
 from speechrnn.data.base import SequenceDataModuleBase
 from speechrnn.errors import ConfigError
 from speechrnn.models.classifier import RNNClassifier
@@ -123,7 +123,7 @@ class SpeechRNNCLI(LightningCLI):
         if "callbacks" not in kwargs:
             callbacks = [*(config.get("callbacks") or []), EpochTimer(), *([TrainingBudget()] if budget else [])]
             if config.get("enable_checkpointing") is not False:
-                callbacks.append(ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False))
+                callbacks.append(LastCheckpoint())
             if config.get("enable_progress_bar") is not False:
                 callbacks.append(RichProgressBar(leave=True))
             kwargs["callbacks"] = callbacks

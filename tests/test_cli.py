@@ -122,3 +122,12 @@ def test_unset_max_epochs_gets_a_budget_and_an_explicit_one_is_kept(tiny_corpus:
     explicit = SpeechRNNCLI(args=fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "3"))
     assert explicit.trainer.max_epochs == 3
     assert not any(isinstance(c, TrainingBudget) for c in explicit.trainer.callbacks)
+
+
+def test_keeping_only_the_latest_epoch_coexists_with_last_ckpt(tiny_corpus: Path, tmp_path: Path) -> None:
+    from speechrnn.callbacks import LastCheckpoint
+    from speechrnn.cli import SpeechRNNCLI
+
+    cli = SpeechRNNCLI(args=fit_args(tiny_corpus, tmp_path, "--checkpoint.monitor", "null"))
+    keys = [c.state_key for c in cli.trainer.checkpoint_callbacks]
+    assert len(keys) == 2 == len(set(keys)) and any(isinstance(c, LastCheckpoint) for c in cli.trainer.callbacks)
