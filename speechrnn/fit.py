@@ -68,7 +68,18 @@ def main(args: list[str] | None = None) -> dict[str, float]:
             report = report_split(model, datamodule, "test", folder / "report_test", device, extra)
             print(f"test accuracy {report['accuracy']:.4f}; report in {folder / 'report_test'}")
         print(f"run folder: {folder}")
+    end_distributed(trainer)
     return metrics
+
+
+def end_distributed(trainer: Any) -> None:
+    """Under DDP, let every rank leave together and close the process group: a rank that exits
+    while rank 0 still writes the report, with gloo's threads running, can abort the whole run."""
+    import torch.distributed as dist
+
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        trainer.strategy.barrier("speechrnn.fit end")
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
