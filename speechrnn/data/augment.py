@@ -19,6 +19,7 @@ import torchaudio
 from torch import nn
 
 from speechrnn.audio import read_audio
+from speechrnn.features import lengths_mask
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,7 @@ class Augmenter(nn.Module):
             span = min(width, clips.shape[1])
             out[rows.to(audio.device), :span] = clips[:, :span]
             new_lengths[rows] = new
-        valid = torch.arange(width)[None, :] < new_lengths[:, None]
-        return out * valid.to(audio.device), new_lengths
+        return out * lengths_mask(new_lengths, width, audio.device), new_lengths
 
     def draw_warps(self, count: int) -> torch.Tensor:
         """VTLN warp factors ``(count,)`` uniform in ``[1 - vtln_warp, 1 + vtln_warp]``."""
@@ -204,7 +204,7 @@ class Augmenter(nn.Module):
         low, high = self.settings.noise_snr_db
         snr = low + (high - low) * torch.rand(batch, generator=self.generator)
         chosen = torch.rand(batch, generator=self.generator) < self.settings.noise_probability
-        mask = (torch.arange(width)[None, :] < lengths[:, None]).to(audio.device)
+        mask = lengths_mask(lengths, width, audio.device)
         count = lengths.to(audio.device).clamp_min(1)
         signal_power = (audio.square() * mask).sum(1) / count
         noise_power = (segments.square() * mask).sum(1) / count

@@ -267,9 +267,10 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             records, self.val_fraction, self.test_fraction, self.seed, stratify=self.task == "classification"
         )
 
-    def check_plan(self, records: list[Record] | None = None) -> None:
+    def check_plan(self, records: list[Record] | None = None) -> list[str]:
         """Check, from the list of examples alone (no audio read), that the run can work: at least
-        two classes, every class in training, and data in each of :attr:`required_splits`."""
+        two classes, every class in training, and data in each of :attr:`required_splits`.
+        Returns the split of each record."""
         records = self.records if records is None else records
         name = type(self).__name__
         splits = self.record_splits(records)
@@ -286,6 +287,7 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         for split in self.required_splits:
             if split not in splits:
                 raise UserInputError(f"{name}: the {split} split would have no data{self._split_hint(split)}")
+        return splits
 
     def _split_hint(self, split: str) -> str:
         if split == "train":
@@ -302,35 +304,36 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         if self.store is not None:
             return
         records = self.records
-        self.check_plan(records)
+        record_splits = self.check_plan(records)
         self.store, self.store_records = self.build_store(records)
-        record_splits = self.record_splits(records)
         stored_splits = np.array([record_splits[p] for p in self.store_records])
         self.splits = {name: np.flatnonzero(stored_splits == name) for name in SPLITS}
         self._check_splits()
-        self.validation = self.describe_validation()
-        if "shares" in self.validation:
+        self.validation, shared = self.describe_validation()
+        if shared:
             warnings.warn(f"{type(self).__name__}: validation {self.validation}", stacklevel=2)
         if self.normalize_with_dataset_stats or self.use_dataset_stats():
             self.feature_mean, self.feature_std = self._train_statistics()
 
-    def describe_validation(self) -> str:
-        """What the validation split measures, in words for the run's report: accuracy on voices
-        never heard in training (speaker-disjoint), or on voices it was trained on."""
+    def describe_validation(self) -> tuple[str, bool]:
+        """What the validation split measures, in words for the run's report (accuracy on voices
+        never heard in training, or on voices it was trained on), and whether it shares speakers
+        with training."""
         speakers = {
             split: {self.records[self.store_records[i]].speaker for i in self.splits[split]}
             for split in ("train", "val")
         }
         if not speakers["val"]:
-            return "none (no validation split)"
+            return "none (no validation split)", False
         if None in speakers["train"] | speakers["val"]:
-            return "speakers unknown (cannot tell whether validation voices were heard in training)"
+            return "speakers unknown (cannot tell whether validation voices were heard in training)", False
         shared = speakers["train"] & speakers["val"]
         if not shared:
-            return f"speaker-disjoint ({len(speakers['val'])} speaker(s) never heard in training)"
+            return f"speaker-disjoint ({len(speakers['val'])} speaker(s) never heard in training)", False
         return (
             f"shares {len(shared)} of {len(speakers['val'])} speaker(s) with training: checkpoint selection and "
-            "early stopping track accuracy on voices the model was trained on, which overstates new-speaker accuracy"
+            "early stopping track accuracy on voices the model was trained on, which overstates new-speaker accuracy",
+            True,
         )
 
     def use_dataset_stats(self) -> bool:
