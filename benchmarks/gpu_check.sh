@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # GPU check (issue 16): one prepared command for a rented NVIDIA GPU machine (H100/H200, about 8
 # minutes, no internet). In order:
-#   1a. python -m pytest -m gpu -q                     (the GPU-marked tests)
-#   1b. python -m pytest -q tests/data/test_on_device.py tests/models/test_padding.py
+#   1.  python -m pytest -m gpu -q  (tests/test_gpu.py: CUDA against the CPU in float32, bf16/fp16
+#       autocast, on-device MFCC and augmentation, fits with on-device features; the precision x
+#       packed fits of tests/models/test_training.py)
 #   2.  python -m speechrnn.fit (the default run; bf16-mixed is chosen automatically on GPUs that
 #       support it), then test accuracy and the median seconds per epoch from its test_metrics.json
-#   3.  benchmarks/compare_pipelines.py: naive librosa pipeline (a) vs feature cache (b) vs
+#   3.  benchmarks/train_throughput.py at batch 256, 1024 and 4096 (padded exact path, 101 frames),
+#       then packed against padded at batch 1024 with lengths 25-101 frames, cuda, bf16-mixed, with
+#       the peak GPU memory of each run (torch.cuda.max_memory_allocated)
+#   4.  benchmarks/compare_pipelines.py: naive librosa pipeline (a) vs feature cache (b) vs
 #       on-device features (c) on the synthetic corpus, cuda, bf16
-#   4.  benchmarks/train_throughput.py at batch 256, 1024 and 4096, cuda, bf16-mixed, with the
-#       peak GPU memory of each run (torch.cuda.max_memory_allocated)
 # and samples GPU utilisation and memory with nvidia-smi every 500 ms during steps 2-4.
 #
 # Every step tees its output to the terminal and to its own file under $OUT (default
@@ -87,7 +89,7 @@ if [ "$MODE" = dry ]; then
     BUDGET_S="${GPU_CHECK_BUDGET_S:-300}"
     MIN_STEP_S=5
 else
-    BUDGET_S="${GPU_CHECK_BUDGET_S:-480}"
+    BUDGET_S="${GPU_CHECK_BUDGET_S:-430}"
     MIN_STEP_S=20
 fi
 RESERVE_S=15 # kept back for the figures and the summary at the end
@@ -204,7 +206,6 @@ note ""
 
 # --- sizes: the real run, and the same sequence in seconds for --dry-run ----------------------------
 if [ "$MODE" = gpu ]; then
-    PYTEST_DEVICE_ARGS=()
     # --trainer.accelerator gpu: fail at once rather than train on the CPU if CUDA is unusable;
     # precision is left to speechrnn's default (bf16-mixed where supported).
     FIT_ARGS=(--trainer.accelerator gpu)
@@ -214,9 +215,9 @@ if [ "$MODE" = gpu ]; then
     COMPARE_ARGS=(--corpus synthetic --clips 3000 --steps 72 --device cuda --precision bf16)
     THROUGHPUT_BATCHES=(256 1024 4096)
     THROUGHPUT_ARGS=(--device cuda --precision bf16-mixed)
-    CAP_PYTEST_GPU=120 CAP_PYTEST_DEVICE=120 CAP_FIT=210 CAP_COMPARE=170 CAP_THROUGHPUT=100
+    PACKED_ARGS=(--batch 1024 --min-frames 25 --packed)
+    CAP_PYTEST_GPU=120 CAP_FIT=120 CAP_COMPARE=150 CAP_THROUGHPUT=50
 else
-    PYTEST_DEVICE_ARGS=(--collect-only)
     # a tiny corpus (below), one epoch: --trainer.max_epochs 1 rather than --trainer.fast_dev_run,
     # which writes no lightning_logs/version_N and so would not exercise the figures' extraction
     FIT_ARGS=(--data AudioFolderDataModule --data.manifest "$WORK/corpus/manifest.csv" --data.cache_dir "$WORK/cache"
@@ -225,17 +226,14 @@ else
         --naive-workers 0 --device cpu --precision 32)
     THROUGHPUT_BATCHES=(4)
     THROUGHPUT_ARGS=(--device cpu --precision 32-true --frames 8 --hidden 16 --steps 1 --warmup 1 --repeats 1)
-    CAP_PYTEST_GPU=60 CAP_PYTEST_DEVICE=60 CAP_FIT=90 CAP_COMPARE=120 CAP_THROUGHPUT=60
+    PACKED_ARGS=(--batch 4 --min-frames 3 --packed)
+    CAP_PYTEST_GPU=60 CAP_FIT=90 CAP_COMPARE=120 CAP_THROUGHPUT=60
 fi
 
 # --- 1. tests -----------------------------------------------------------------------------------------
-# On a CPU the GPU-marked tests are skipped (the command still runs); the device-relevant files are
-# only collected there.
-run_step 1a_pytest_gpu 1a_pytest_gpu.log "$CAP_PYTEST_GPU" "$PY" -m pytest -m gpu -q
-pytest_figure 1a_pytest_gpu
-run_step 1b_pytest_device_tests 1b_pytest_device_tests.log "$CAP_PYTEST_DEVICE" \
-    "$PY" -m pytest -q "${PYTEST_DEVICE_ARGS[@]}" tests/data/test_on_device.py tests/models/test_padding.py
-pytest_figure 1b_pytest_device_tests
+# On a CPU the GPU-marked tests are skipped (the command still runs).
+run_step 1_pytest_gpu 1_pytest_gpu.log "$CAP_PYTEST_GPU" "$PY" -m pytest -m gpu -q -p no:cacheprovider --durations 8
+pytest_figure 1_pytest_gpu
 
 # --- GPU utilisation during steps 2-4 -----------------------------------------------------------------
 # timestamp added to the issue's query so that samples can be assigned to steps
@@ -282,16 +280,9 @@ else:
 print(f"  fit: precision {match.group(1) if match else 'unknown'}; run folder {runs[-1].parent.name}")
 EOF
 
-# --- 3. pipelines: naive (a) vs feature cache (b) vs on-device features (c) ---------------------------
-run_step 3_compare_pipelines 3_compare_pipelines.log "$CAP_COMPARE" \
-    "$PY" benchmarks/compare_pipelines.py "${COMPARE_ARGS[@]}"
-grep -E '^(corpus:|synthetic corpus:|\| \(|stated targets)' "$WORK/3_compare_pipelines.out" 2>/dev/null |
-    sed 's/^/  compare: /' | tee -a "$SUMMARY"
-
-# --- 4. training throughput at several batch sizes -------------------------------------------------------
-# train_throughput.py has no packed/padded option: it trains the default padded (exact) encoder only.
-# The packed path on the GPU is covered by the GPU test (1a: --model.packed true/false). The script does
-# not report GPU memory, so it runs inside a small wrapper that prints torch.cuda.max_memory_allocated.
+# --- 3. training throughput at several batch sizes, then packed against padded -------------------------
+# train_throughput.py does not report GPU memory, so it runs inside a small wrapper that prints
+# torch.cuda.max_memory_allocated.
 PEAK_WRAPPER='
 import runpy, sys
 import torch
@@ -306,12 +297,21 @@ finally:
     else:
         print("peak GPU memory: n/a (CUDA not used)")
 '
+FIGURES='^(model:|bare PyTorch loop|Lightning fit loop|ratio|bare loop, padded|recurrent layers .*achieved|peak GPU memory)'
 for batch in "${THROUGHPUT_BATCHES[@]}"; do
-    run_step "4_throughput_b$batch" 4_train_throughput.log "$CAP_THROUGHPUT" \
+    run_step "3_throughput_b$batch" 3_train_throughput.log "$CAP_THROUGHPUT" \
         "$PY" -c "$PEAK_WRAPPER" benchmarks/train_throughput.py "${THROUGHPUT_ARGS[@]}" --batch "$batch"
-    grep -E '^(bare PyTorch loop|Lightning fit loop|ratio|recurrent layers .*achieved|float32 matmul|peak GPU memory)' \
-        "$WORK/4_throughput_b$batch.out" 2>/dev/null | sed "s/^/  batch $batch: /" | tee -a "$SUMMARY"
+    grep -E "$FIGURES" "$WORK/3_throughput_b$batch.out" 2>/dev/null | sed "s/^/  batch $batch: /" | tee -a "$SUMMARY"
 done
+run_step 3_throughput_packed 3_train_throughput.log "$CAP_THROUGHPUT" \
+    "$PY" -c "$PEAK_WRAPPER" benchmarks/train_throughput.py "${THROUGHPUT_ARGS[@]}" "${PACKED_ARGS[@]}"
+grep -E "$FIGURES" "$WORK/3_throughput_packed.out" 2>/dev/null | sed "s/^/  packed: /" | tee -a "$SUMMARY"
+
+# --- 4. pipelines: naive (a) vs feature cache (b) vs on-device features (c) ---------------------------
+run_step 4_compare_pipelines 4_compare_pipelines.log "$CAP_COMPARE" \
+    "$PY" benchmarks/compare_pipelines.py "${COMPARE_ARGS[@]}"
+grep -E '^(corpus:|synthetic corpus:|\| \(|stated targets)' "$WORK/4_compare_pipelines.out" 2>/dev/null |
+    sed 's/^/  compare: /' | tee -a "$SUMMARY"
 
 # --- GPU utilisation per step ---------------------------------------------------------------------------
 if [ -n "$SAMPLER_PID" ]; then

@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from speechrnn.features import lengths_mask
 from speechrnn.models import RNNClassifier, SequenceClassifierNet
 
 CPU = torch.device("cpu")
@@ -40,16 +41,21 @@ class FixedBatches(Dataset):
         return self.batches[index]
 
 
-def make_batches(count: int, batch: int, frames: int, features: int, classes: int) -> list[tuple[torch.Tensor, ...]]:
+def make_batches(
+    count: int, batch: int, frames: int, features: int, classes: int, min_frames: int | None = None
+) -> list[tuple[torch.Tensor, ...]]:
+    """``count`` padded batches; lengths uniform in ``[min_frames, frames]`` (all ``frames`` when None)."""
     generator = torch.Generator().manual_seed(0)
-    return [
-        (
-            torch.randn(batch, frames, features, generator=generator),
-            torch.full((batch,), frames, dtype=torch.int64),
-            torch.randint(0, classes, (batch,), generator=generator),
-        )
-        for _ in range(count)
-    ]
+    batches = []
+    for _ in range(count):
+        x = torch.randn(batch, frames, features, generator=generator)
+        if min_frames is None or min_frames >= frames:
+            lengths = torch.full((batch,), frames, dtype=torch.int64)
+        else:
+            lengths = torch.randint(min_frames, frames + 1, (batch,), generator=generator)
+            x = x * lengths_mask(lengths, frames)[..., None]
+        batches.append((x, lengths, torch.randint(0, classes, (batch,), generator=generator)))
+    return batches
 
 
 def recurrent_flops_per_frame(cell: str, input_size: int, hidden: int, layers: int, directions: int) -> float:
@@ -113,7 +119,7 @@ class StepTimer(pl.Callback):
 
 def lightning_loop(args: argparse.Namespace, batches: list, steps: int, warmup: int) -> float:
     model = RNNClassifier(args.features, args.classes, cell=args.cell, hidden_size=args.hidden, num_layers=args.layers,
-                          bidirectional=True, dropout=0.0, scheduler="none", lr=1e-3)  # fmt: skip
+                          bidirectional=True, dropout=0.0, scheduler="none", lr=1e-3, packed=args.packed)  # fmt: skip
     timer = StepTimer(warmup, steps)
     trainer = pl.Trainer(
         max_steps=steps + warmup, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -211,24 +217,43 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the bare loop")
     parser.add_argument("--device", type=torch.device, default=CPU, help="cpu (default) or cuda")
     parser.add_argument("--precision", choices=sorted(AUTOCAST), default="32-true", help="both loops")
+    parser.add_argument(
+        "--min-frames", type=int, help="clip lengths uniform in [min-frames, frames] (default: all --frames long)"
+    )
+    parser.add_argument(
+        "--packed", action="store_true", help="both loops use the packed path; the bare loop is also timed padded"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
-    batches = make_batches(8, args.batch, args.frames, args.features, args.classes)
+    batches = make_batches(8, args.batch, args.frames, args.features, args.classes, args.min_frames)
     machine = platform.processor() or platform.machine()
     print(f"machine: {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    shape = f"batch {args.batch} x {args.frames} frames x {args.features}"
-    print(f"model: Bi{args.cell.upper()} {args.layers} x {args.hidden}, {shape}; {args.device}, {args.precision}")
+    lengths = f"{args.min_frames}-{args.frames}" if args.min_frames and args.min_frames < args.frames else args.frames
+    shape = f"batch {args.batch} x {lengths} frames x {args.features}"
+    path = "packed" if args.packed else "padded (exact)"
+    model = f"Bi{args.cell.upper()} {args.layers} x {args.hidden}"
+    print(f"model: {model}, {shape}; {args.device}, {args.precision}, {path}")
 
-    bare, lightning = [], []
+    bare, lightning, padded = [], [], []
     for _ in range(args.repeats):
         net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
+        net.encoder.packed = args.packed
         bare_loop(net, batches, args.warmup, args.device, args.precision)
         bare.append(bare_loop(net, batches, args.steps, args.device, args.precision))
+        if args.packed:
+            net.encoder.packed = False
+            bare_loop(net, batches, args.warmup, args.device, args.precision)
+            padded.append(bare_loop(net, batches, args.steps, args.device, args.precision))
         lightning.append(lightning_loop(args, batches, args.steps, args.warmup))
     bare_median, lightning_median = statistics.median(bare), statistics.median(lightning)
     print(f"bare PyTorch loop   {bare_median:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in bare)})")
     print(f"Lightning fit loop  {lightning_median:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in lightning)})")
     print(f"ratio Lightning / bare: {lightning_median / bare_median:.3f}")
+    if padded:
+        padded_median = statistics.median(padded)
+        print(f"bare loop, padded exact path {padded_median:8.1f} samples/s  "
+              f"(runs: {', '.join(f'{v:.1f}' for v in padded)})")  # fmt: skip
+        print(f"ratio packed / padded (bare loop): {bare_median / padded_median:.3f}")
 
     peak = matmul_peak(device=args.device)
     step_peak = step_matmul_peak(args.batch, args.hidden, GATES[args.cell], device=args.device)

@@ -16,12 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 STEPS = (
     "0_setup",
-    "1a_pytest_gpu",
-    "1b_pytest_device_tests",
+    "1_pytest_gpu",
     "2_prepare_tiny_corpus",
     "2_fit",
-    "3_compare_pipelines",
-    "4_throughput_b4",
+    "3_throughput_b4",
+    "3_throughput_packed",
+    "4_compare_pipelines",
 )
 
 
@@ -44,6 +44,7 @@ def test_dry_run_runs_every_step_and_writes_the_summary(tmp_path: Path) -> None:
     assert re.search(r"fit: median seconds per epoch [0-9.]+ over 1 epochs", summary), summary
     assert re.search(r"compare: \| \(a\) naive.*\n.*compare: \| \(b\).*\n.*compare: \| \(c\)", summary), summary
     assert "batch 4: bare PyTorch loop" in summary and "batch 4: peak GPU memory" in summary, summary
-    logs = {"1a_pytest_gpu.log", "1b_pytest_device_tests.log", "2_fit.log", "3_compare_pipelines.log"}
-    assert logs | {"4_train_throughput.log", "summary.txt"} <= {path.name for path in out.iterdir()}
+    assert re.search(r"packed: ratio packed / padded \(bare loop\): [0-9.]+", summary), summary
+    logs = {"1_pytest_gpu.log", "2_fit.log", "3_train_throughput.log", "4_compare_pipelines.log", "summary.txt"}
+    assert logs <= {path.name for path in out.iterdir()}
     assert not list(tmp_path.glob("gpu_check_work.*")), "the scratch folder was left behind"

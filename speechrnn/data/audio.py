@@ -18,7 +18,7 @@ from speechrnn.data.augment import Augmenter, AugmentSettings
 from speechrnn.data.base import PadCollate, Record, SequenceDataModuleBase
 from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
 from speechrnn.errors import ConfigError
-from speechrnn.features import FeatureSettings, MFCCFrontend
+from speechrnn.features import FeatureSettings, MFCCFrontend, lengths_mask
 
 OnError = Literal["raise", "skip"]
 LongClips = Literal["error", "crop"]
@@ -282,6 +282,7 @@ class AudioDataModule(SequenceDataModuleBase):
         """Turn a batch as it leaves the DataLoader into the model's batch, on the batch's device:
         MFCC for on-device features, dataset normalisation, and augmentation when ``training``."""
         features, lengths, *rest = batch
+        lengths = lengths.cpu()  # Lightning moved them with the batch; sizes and indices stay on the CPU
         augment = training and self.augment.enabled
         if self.on_device_features:
             audio, warps = features[..., 0], None
@@ -292,8 +293,8 @@ class AudioDataModule(SequenceDataModuleBase):
             if self.feature_mean is not None:
                 mean = torch.as_tensor(self.feature_mean, device=features.device)
                 std = torch.as_tensor(self.feature_std, device=features.device)
-                valid = (torch.arange(features.shape[1])[None, :] < lengths[:, None]).to(features.device)
-                features = (features - mean) / std * valid.unsqueeze(-1)
+                valid = lengths_mask(lengths, features.shape[1], features.device)
+                features = (features - mean) / std * valid[..., None]
         if augment:
             features, lengths = self.augmenter.to(features.device).features(
                 features, lengths, shift=not self.on_device_features

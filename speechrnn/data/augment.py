@@ -222,6 +222,6 @@ class Augmenter(nn.Module):
                 spec = self.freq_mask(spec)
             for _ in range(self.settings.time_masks):
                 spec = self.time_mask(spec)
-            valid = (torch.arange(spec.shape[2])[None, :] < lengths[:, None]).to(spec.device)
+            valid = lengths_mask(lengths, spec.shape[2], spec.device)
             features = (spec * valid[:, None, :]).transpose(1, 2)
         return features, lengths
