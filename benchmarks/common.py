@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 from torch.utils.data import Dataset
 
-from speechrnn.features import FeatureSettings, librosa_mfcc
+from speechrnn.features import FeatureSettings, lengths_mask, librosa_mfcc
 
 
 # --- the machine ------------------------------------------------------------------------------------
@@ -83,5 +83,5 @@ class PackedBiGRU(nn.Module):
         packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=False)
         outputs, _ = self.gru(packed)
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=features.shape[1])
-        mask = (torch.arange(features.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
-        return self.head((outputs * mask).sum(1) / lengths[:, None])
+        mask = lengths_mask(lengths, features.shape[1], outputs.device).unsqueeze(-1)
+        return self.head((outputs * mask).sum(1) / lengths.to(outputs.device)[:, None])

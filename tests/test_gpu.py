@@ -35,7 +35,7 @@ def strict_float32() -> Iterator[None]:
 
 def net_and_batch(cell: str, packed: bool) -> tuple[SequenceClassifierNet, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    net = SequenceClassifierNet(6, 4, cell, hidden_size=16, num_layers=2, bidirectional=True, packed=packed)
+    net = SequenceClassifierNet(6, 4, cell, 16, 2, bidirectional=True, dropout=0.0, packed=packed)
     x, lengths = padded_batch(garbage=123.0)
     return net, x, lengths
 
@@ -44,7 +44,7 @@ def net_and_batch(cell: str, packed: bool) -> tuple[SequenceClassifierNet, torch
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_cuda_float32_outputs_and_gradients_match_the_cpu(strict_float32, cell: str, packed: bool) -> None:
     net, x, lengths = net_and_batch(cell, packed)
-    net.eval()
+    net.train()  # cuDNN computes RNN gradients in training mode only; no dropout here
     cpu = net(x, lengths)
     cpu.square().sum().backward()
     cpu_grads = {name: p.grad.clone() for name, p in net.named_parameters()}
@@ -55,6 +55,28 @@ def test_cuda_float32_outputs_and_gradients_match_the_cpu(strict_float32, cell: 
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
     for name, p in net.named_parameters():
         torch.testing.assert_close(p.grad.cpu(), cpu_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_full_length_batches_take_the_whole_stack_kernel_with_the_same_results(
+    strict_float32, cell: str, bidirectional: bool
+) -> None:
+    torch.manual_seed(0)
+    net = SequenceClassifierNet(6, 4, cell, hidden_size=16, num_layers=2, bidirectional=bidirectional, dropout=0.0)
+    net.train().to(CUDA)
+    x, lengths = torch.randn(5, 9, 6, device=CUDA), torch.full((5,), 9)
+    results = []
+    for stack in (True, False):
+        net.encoder.cudnn_stack = stack
+        net.zero_grad()
+        out = net(x, lengths)
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
+    (stacked, stacked_grads), (per_direction, grads) = results
+    torch.testing.assert_close(stacked, per_direction, rtol=1e-5, atol=1e-6)
+    for got, want in zip(stacked_grads, grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

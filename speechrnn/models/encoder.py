@@ -14,14 +14,20 @@ Training a vanilla RNN or a GRU on the CPU goes through
 :func:`speechrnn.models.fused.fused_recurrence` (the same parameters and equations, both directions
 in one loop, backpropagation through time written out); ``encoder.fused_cpu = False`` uses
 ``nn.RNN``/``nn.GRU`` there too.
+
+On a GPU, a batch whose sequences all fill its time axis (fixed-length clips) runs every layer and
+direction in one call of PyTorch's multi-layer kernel (cuDNN): reversing within each length is
+then reversing the whole axis, as that kernel's backward direction does, so the maths is the padded
+path's, with the directions and layers overlapped. ``encoder.cudnn_stack = False`` turns it off.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
-from torch import nn
+from torch import _VF, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from speechrnn.models.fused import fused_recurrence
@@ -56,6 +62,10 @@ class RecurrentEncoder(nn.Module):
     """Train RNNs and GRUs on the CPU with :func:`~speechrnn.models.fused.fused_recurrence` (exact;
     faster).
     With inter-layer dropout the two paths draw different (equally distributed) dropout masks."""
+
+    cudnn_stack: bool = True
+    """On a GPU, run full-length batches through the multi-layer kernel in one call (same maths;
+    dropout masks drawn by the kernel)."""
 
     def __init__(
         self,
@@ -126,6 +136,8 @@ class RecurrentEncoder(nn.Module):
         mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)
         if self._fused_applies(x, packed, states, return_states):
             return self._forward_fused(x, lengths) * mask, None
+        if self._stack_applies(x, lengths, packed, states, return_states):
+            return self._forward_stack(x), None
         final_states: list[State] = []
         for depth, directions in enumerate(self.layers):
             if depth > 0:
@@ -160,6 +172,35 @@ class RecurrentEncoder(nn.Module):
             and not torch.compiler.is_compiling()
             and not torch.compiler.is_exporting()
         )
+
+    def _stack_applies(
+        self, x: torch.Tensor, lengths: torch.Tensor, packed: bool, states: list[State] | None, return_states: bool
+    ) -> bool:
+        return (
+            self.cudnn_stack
+            and x.is_cuda
+            and not packed
+            and states is None
+            and not return_states
+            and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting()
+            and bool((lengths == x.shape[1]).all())
+        )
+
+    def _forward_stack(self, x: torch.Tensor) -> torch.Tensor:
+        """Every layer and direction in one call of the multi-layer kernel, for sequences that all
+        fill the time axis: the padded path's outputs, with none of its reversals."""
+        weights = [weight for directions in self.layers for rnn in directions for weight in rnn._flat_weights]
+        zeros = x.new_zeros(self.num_layers * self.num_directions, x.shape[0], self.hidden_size)
+        kernel = {"rnn": _VF.rnn_tanh, "gru": _VF.gru, "lstm": _VF.lstm}[self.cell]
+        state = (zeros, zeros) if self.cell == "lstm" else zeros
+        with warnings.catch_warnings():
+            # the per-direction modules' weights are copied into the kernel's flat layout each call
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+            output = kernel(
+                x, state, weights, True, self.num_layers, self.dropout.p, self.training, self.bidirectional, True
+            )[0]
+        return output
 
     def _forward_fused(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The padded path's layers through :func:`fused_recurrence`, time-major; padding not yet zeroed."""
