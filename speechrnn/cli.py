@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import jsonargparse
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -23,6 +24,8 @@ DEFAULT_DATA = "speechrnn.data.SyntheticCommandsDataModule"
 
 # RNNClassifier keeps lengths on the CPU in its own transfer_batch_to_device, on purpose.
 warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device` in `LightningModule`.*")
+# The settings dataclasses (features, augment) document each field in a docstring below it: --help shows them.
+jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 def default_precision() -> str:

@@ -131,3 +131,25 @@ def test_keeping_only_the_latest_epoch_coexists_with_last_ckpt(tiny_corpus: Path
     cli = SpeechRNNCLI(args=fit_args(tiny_corpus, tmp_path, "--checkpoint.monitor", "null"))
     keys = [c.state_key for c in cli.trainer.checkpoint_callbacks]
     assert len(keys) == 2 == len(set(keys)) and any(isinstance(c, LastCheckpoint) for c in cli.trainer.callbacks)
+
+
+@pytest.mark.parametrize(
+    "name", ["AudioFolderDataModule", "FSDDDataModule", "SyntheticCommandsDataModule", "SequenceDataModule",
+             "SpeechCommandsDataModule"],
+)  # fmt: skip
+def test_data_help_documents_every_option(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    import jsonargparse
+
+    import speechrnn.cli  # noqa: F401  (its parsing settings read the settings dataclasses' field docstrings)
+    import speechrnn.data
+
+    monkeypatch.setenv("COLUMNS", "200")
+    parser = jsonargparse.ArgumentParser()
+    parser.add_class_arguments(getattr(speechrnn.data, name), "data")
+    options = dict(re.findall(r"^  --data\.(\S+)(?: \S+)?\s+(.*)$", parser.format_help(), re.M))
+    assert {"batch_size", "seed", "num_workers"} <= set(options), options
+    assert [option for option, text in options.items() if text.startswith("(type:")] == []
+    if name in ("FSDDDataModule", "SpeechCommandsDataModule", "SyntheticCommandsDataModule"):
+        assert "test_fraction" not in options  # these corpora bring their own test split

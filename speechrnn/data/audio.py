@@ -130,13 +130,7 @@ class AudioDataModule(SequenceDataModuleBase):
         cache_workers: int = 0,
         on_device_features: bool = False,
         augment: AugmentSettings = AugmentSettings(),
-        batch_size: int = 32,
-        max_frames: int | None = None,
-        bucketing: bool = True,
-        num_workers: int = 0,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -155,8 +149,9 @@ class AudioDataModule(SequenceDataModuleBase):
                 augmentation) on the accelerator in ``on_after_batch_transfer``; batches read
                 straight from the DataLoader then hold waveforms ``(batch, samples, 1)``.
             augment: Training-split augmentation (time shift, background noise, SpecAugment).
+            **kwargs: Batching and split options of :class:`SequenceDataModuleBase`.
         """
-        super().__init__(batch_size, max_frames, bucketing, num_workers, val_fraction, test_fraction, seed)
+        super().__init__(**kwargs)
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if max_seconds is not None and not max_seconds > 0:

@@ -7,12 +7,11 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
-from speechrnn.data.audio import AudioDataModule, LongClips, OnError
-from speechrnn.data.augment import AugmentSettings
+from speechrnn.data.audio import AudioDataModule, OnError
 from speechrnn.data.base import Record
 from speechrnn.errors import MissingInputError, UserInputError
-from speechrnn.features import FeatureSettings
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
@@ -136,21 +135,7 @@ class AudioFolderDataModule(AudioDataModule):
         speaker_column: str = "speaker",
         split_column: str = "split",
         speaker_pattern: str | None = None,
-        features: FeatureSettings = FeatureSettings(),
-        cache_dir: str | os.PathLike = "data/cache",
-        on_error: OnError = "raise",
-        max_seconds: float | None = None,
-        long_clips: LongClips = "error",
-        cache_workers: int = 0,
-        on_device_features: bool = False,
-        augment: AugmentSettings = AugmentSettings(),
-        batch_size: int = 32,
-        max_frames: int | None = None,
-        bucketing: bool = True,
-        num_workers: int = 0,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -163,14 +148,10 @@ class AudioFolderDataModule(AudioDataModule):
             split_column: Manifest column holding the split (optional).
             speaker_pattern: For ``root``: regular expression with a ``(?P<speaker>...)`` group
                 matched against file names, e.g. ``^(?P<speaker>[^_]+)_``.
+            **kwargs: Feature, cache, augmentation, batching and split options of
+                :class:`~speechrnn.data.audio.AudioDataModule`.
         """
-        super().__init__(
-            features=features, cache_dir=cache_dir, on_error=on_error, max_seconds=max_seconds,
-            long_clips=long_clips, cache_workers=cache_workers,
-            on_device_features=on_device_features, augment=augment, batch_size=batch_size, max_frames=max_frames,
-            bucketing=bucketing, num_workers=num_workers, val_fraction=val_fraction, test_fraction=test_fraction,
-            seed=seed,
-        )  # fmt: skip
+        super().__init__(**kwargs)
         if (root is None) == (manifest is None):
             raise ValueError("give exactly one of root (class folders) or manifest (CSV)")
         self.root = Path(root) if root is not None else None

@@ -10,15 +10,13 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from speechrnn.data.audio import AudioDataModule, LongClips, OnError
-from speechrnn.data.augment import AugmentSettings
+from speechrnn.data.audio import AudioDataModule
 from speechrnn.data.base import Record
 from speechrnn.errors import MissingInputError
-from speechrnn.features import FeatureSettings
 
 DEFAULT_ROOT = Path("data/fsdd/recordings")
 FSDD_TAG = "v1.0.10"
@@ -115,19 +113,7 @@ class FSDDDataModule(AudioDataModule):
         val_speakers: list[str] | Literal["auto"] | None = None,
         val_fraction: float = 0.1,
         download: bool = False,
-        features: FeatureSettings = FeatureSettings(),
-        cache_dir: str | os.PathLike = "data/cache",
-        on_error: OnError = "raise",
-        max_seconds: float | None = None,
-        long_clips: LongClips = "error",
-        cache_workers: int = 0,
-        on_device_features: bool = False,
-        augment: AugmentSettings = AugmentSettings(),
-        batch_size: int = 32,
-        max_frames: int | None = None,
-        bucketing: bool = True,
-        num_workers: int = 0,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -143,13 +129,10 @@ class FSDDDataModule(AudioDataModule):
                 for validation, chosen with ``seed``; unused when ``val_speakers`` are given.
             download: Fetch the dataset (tag ``v1.0.10`` from GitHub) in ``prepare_data`` when
                 ``root`` holds no recordings.
+            **kwargs: Feature, cache, augmentation and batching options of
+                :class:`~speechrnn.data.audio.AudioDataModule`.
         """
-        super().__init__(
-            features=features, cache_dir=cache_dir, on_error=on_error, max_seconds=max_seconds,
-            long_clips=long_clips, cache_workers=cache_workers,
-            on_device_features=on_device_features, augment=augment, batch_size=batch_size, max_frames=max_frames,
-            bucketing=bucketing, num_workers=num_workers, val_fraction=val_fraction, test_fraction=0.0, seed=seed,
-        )  # fmt: skip
+        super().__init__(val_fraction=val_fraction, test_fraction=0.0, **kwargs)
         if split not in ("official", "speaker"):
             raise ValueError(f"split must be 'official' or 'speaker', got {split!r}")
         if split == "official" and (test_speakers or val_speakers):

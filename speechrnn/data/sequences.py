@@ -10,7 +10,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -108,21 +108,16 @@ class SequenceDataModule(SequenceDataModuleBase):
         path: str | os.PathLike | None = None,
         task: SequenceTask = "classification",
         normalize: bool = True,
-        batch_size: int = 32,
-        max_frames: int | None = None,
-        bucketing: bool = True,
-        num_workers: int = 0,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
             path: ``.npz`` file (see :func:`load_npz`); use :meth:`from_arrays` from Python.
             task: ``classification`` (labels are classes) or ``regression`` (labels are numbers).
             normalize: Standardise each feature with mean and deviation of the training split.
+            **kwargs: Batching and split options of :class:`SequenceDataModuleBase`.
         """
-        super().__init__(batch_size, max_frames, bucketing, num_workers, val_fraction, test_fraction, seed)
+        super().__init__(**kwargs)
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be classification or regression, got {task!r}")
         self.path = path

@@ -10,16 +10,14 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
 
-from speechrnn.data.audio import AudioDataModule, LongClips, OnError
-from speechrnn.data.augment import AugmentSettings
+from speechrnn.data.audio import AudioDataModule
 from speechrnn.data.base import SPLITS, Record
 from speechrnn.errors import MissingInputError
-from speechrnn.features import FeatureSettings
 
 DEFAULT_ROOT = Path("data/speech_commands")
 WORDS_V1 = (
@@ -195,19 +193,8 @@ class SpeechCommandsDataModule(AudioDataModule):
         download: bool = False,
         silence_fraction: float = 0.1,
         unknown_fraction: float = 0.1,
-        features: FeatureSettings = FeatureSettings(),
-        cache_dir: str | os.PathLike = "data/cache",
-        on_error: OnError = "raise",
-        max_seconds: float | None = None,
-        long_clips: LongClips = "error",
-        cache_workers: int = 0,
-        on_device_features: bool = False,
-        augment: AugmentSettings = AugmentSettings(),
-        batch_size: int = 32,
-        max_frames: int | None = None,
-        bucketing: bool = True,
-        num_workers: int = 0,
         seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -223,13 +210,10 @@ class SpeechCommandsDataModule(AudioDataModule):
             unknown_fraction: For ``12class``: ``_unknown_`` recordings per split, likewise (at most
                 all other-word recordings of the split). 0 drops the class.
             seed: Seed of the ``_unknown_`` sample, the ``_silence_`` clips and the batch order.
+            **kwargs: Feature, cache, augmentation and batching options of
+                :class:`~speechrnn.data.audio.AudioDataModule`.
         """
-        super().__init__(
-            features=features, cache_dir=cache_dir, on_error=on_error, max_seconds=max_seconds,
-            long_clips=long_clips, cache_workers=cache_workers,
-            on_device_features=on_device_features, augment=augment, batch_size=batch_size, max_frames=max_frames,
-            bucketing=bucketing, num_workers=num_workers, val_fraction=0.0, test_fraction=0.0, seed=seed,
-        )  # fmt: skip
+        super().__init__(val_fraction=0.0, test_fraction=0.0, seed=seed, **kwargs)
         if version not in (1, 2):
             raise ValueError(f"version must be 1 or 2, got {version!r}")
         if task not in ("all", "12class"):

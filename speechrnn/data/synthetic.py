@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from speechrnn.data.audio import LongClips, OnError
-from speechrnn.data.augment import AugmentSettings
+from speechrnn.data.audio import AudioDataModule
 from speechrnn.data.base import Record
-from speechrnn.data.folder import AudioFolderDataModule, read_manifest
+from speechrnn.data.folder import read_manifest
 from speechrnn.data.synthesis import WORDS, SyntheticCorpusConfig, corpus_is_current, generate_corpus
-from speechrnn.features import FeatureSettings
 
 DEFAULT_ROOT = Path("data/synthetic_commands")
 
 
-class SyntheticCommandsDataModule(AudioFolderDataModule):
+class SyntheticCommandsDataModule(AudioDataModule):
     """synthetic-commands: formant-synthesised command words from many synthetic speakers.
 
     Needs no download: ``prepare_data`` generates the corpus deterministically from ``corpus_seed``
@@ -34,19 +33,7 @@ class SyntheticCommandsDataModule(AudioFolderDataModule):
         test_speakers: int = 5,
         corpus_seed: int = 0,
         generation_workers: int | None = None,
-        features: FeatureSettings = FeatureSettings(),
-        cache_dir: str | os.PathLike = "data/cache",
-        on_error: OnError = "raise",
-        max_seconds: float | None = None,
-        long_clips: LongClips = "error",
-        cache_workers: int = 0,
-        on_device_features: bool = False,
-        augment: AugmentSettings = AugmentSettings(),
-        batch_size: int = 32,
-        max_frames: int | None = None,
-        bucketing: bool = True,
-        num_workers: int = 0,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -57,6 +44,8 @@ class SyntheticCommandsDataModule(AudioFolderDataModule):
             test_speakers: Speakers held out for testing.
             corpus_seed: Seed of the generator (the corpus is a pure function of its parameters).
             generation_workers: Processes used to generate (default: all cores).
+            **kwargs: Feature, cache, augmentation and batching options of
+                :class:`~speechrnn.data.audio.AudioDataModule`.
         """
         self.corpus = SyntheticCorpusConfig(
             num_speakers=num_speakers,
@@ -67,22 +56,8 @@ class SyntheticCommandsDataModule(AudioFolderDataModule):
         )
         self.generation_workers = generation_workers
         root = Path(root if root is not None else DEFAULT_ROOT)
-        super().__init__(
-            manifest=root / "manifest.csv",
-            features=features,
-            cache_dir=cache_dir,
-            on_error=on_error,
-            max_seconds=max_seconds,
-            long_clips=long_clips,
-            cache_workers=cache_workers,
-            on_device_features=on_device_features,
-            augment=augment,
-            batch_size=batch_size,
-            max_frames=max_frames,
-            bucketing=bucketing,
-            num_workers=num_workers,
-            seed=seed,
-        )
+        super().__init__(val_fraction=0.0, test_fraction=0.0, **kwargs)
+        self.manifest = root / "manifest.csv"
         self.corpus_root = root
 
     @property
@@ -104,4 +79,4 @@ class SyntheticCommandsDataModule(AudioFolderDataModule):
     def load_records(self) -> list[Record]:
         if not corpus_is_current(self.corpus_root, self.corpus):
             self.generate()
-        return read_manifest(self.manifest)  # type: ignore[arg-type]
+        return read_manifest(self.manifest)
