@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 from torch.utils.data import Dataset
 
-from speechrnn.features import FeatureSettings, lengths_mask, librosa_mfcc
+from speechrnn.features import FeatureSettings, librosa_mfcc
+from speechrnn.padding import lengths_mask
 
 
 # --- the machine ------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import random
-import re
 import resource
 import shutil
 import statistics
@@ -53,11 +52,11 @@ from common import LibrosaMFCCDataset, PackedBiGRU, load_line, machine_lines, pa
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from speechrnn.data.fsdd import FILE_PATTERN
 from speechrnn.features import FeatureSettings
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
-FSDD_PATTERN = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>.+)_(?P<index>[0-9]+)\.wav$")
 SYNTHETIC_SPEAKERS = 30
 HIDDEN = 128
 LAYERS = 2
@@ -98,7 +97,7 @@ def fsdd_items(root: Path) -> list[tuple[str, int, str]]:
     """``(path, digit, split)`` of every recording; the official split: index 0-4 test, 5-49 train."""
     items = []
     for path in sorted(root.iterdir()):
-        match = FSDD_PATTERN.match(path.name)
+        match = FILE_PATTERN.match(path.name)
         if match:
             split = "test" if int(match["index"]) < 5 else "train"
             items.append((str(path), int(match["digit"]), split))
@@ -120,7 +119,7 @@ def synthetic_repetitions(clips: int) -> int:
 
 def limited_fsdd_root(source: Path, limit: int, seed: int) -> Path:
     """A temporary folder of symlinks to a seeded subset of ``limit`` recordings (for smoke runs)."""
-    files = sorted(p for p in source.iterdir() if FSDD_PATTERN.match(p.name))
+    files = sorted(p for p in source.iterdir() if FILE_PATTERN.match(p.name))
     chosen = sorted(random.Random(seed).sample(files, min(limit, len(files))))
     folder = Path(tempfile.mkdtemp(prefix="bench-fsdd-subset-"))
     for path in chosen:

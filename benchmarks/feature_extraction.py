@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import shutil
 import statistics
 import sys
@@ -44,17 +43,17 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from speechrnn.data import FSDDDataModule
+from speechrnn.data.fsdd import FILE_PATTERN
 from speechrnn.features import FeatureSettings, MFCCFrontend, librosa_mfcc
 from speechrnn.models import SequenceClassifierNet
 
 FSDD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
-FSDD_PATTERN = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>.+)_(?P<index>[0-9]+)\.wav$")
 BATCH = 64
 
 
 def select_files(root: Path, limit: int | None, seed: int) -> tuple[list[Path], Path, Path | None]:
     """The recordings used, and a folder holding exactly them (symlinks in a temp folder for --limit)."""
-    files = sorted(p for p in root.iterdir() if FSDD_PATTERN.match(p.name))
+    files = sorted(p for p in root.iterdir() if FILE_PATTERN.match(p.name))
     if not limit or limit >= len(files):
         return files, root, None
     chosen = sorted(random.Random(seed).sample(files, limit))
@@ -236,7 +235,7 @@ def main() -> None:
     train_items = [
         (str(p), int(m["digit"]))
         for p in files
-        if (m := FSDD_PATTERN.match(p.name)) is not None and int(m["index"]) >= 5
+        if (m := FILE_PATTERN.match(p.name)) is not None and int(m["index"]) >= 5
     ]
     torch.manual_seed(args.seed)
     naive_model = PackedBiGRU(settings.feature_dim, 10)

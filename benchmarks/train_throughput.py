@@ -21,8 +21,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from speechrnn.features import lengths_mask
 from speechrnn.models import RNNClassifier, SequenceClassifierNet
+from speechrnn.padding import lengths_mask
 
 CPU = torch.device("cpu")
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}

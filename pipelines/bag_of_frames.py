@@ -17,21 +17,14 @@ import yaml
 from jsonargparse import CLI
 
 from speechrnn.baselines import bag_of_frames_accuracy
-from speechrnn.pipelines import datamodule_from_config
-
-
-def latest_run(root: Path = Path("lightning_logs")) -> Path:
-    runs = [p for p in root.glob("version_*") if (p / "test_metrics.json").is_file()]
-    if not runs:
-        raise FileNotFoundError(f"no finished run under {root}/; run `python -m speechrnn.fit` first")
-    return max(runs, key=lambda p: int(p.name.split("_")[1]))
+from speechrnn.pipelines import datamodule_from_config, latest_run
 
 
 def main(run: Path | None = None) -> dict[str, float]:
     """Args:
     run: Run folder of a finished ``python -m speechrnn.fit`` (default: the latest).
     """
-    run = Path(run) if run is not None else latest_run()
+    run = Path(run) if run is not None else latest_run(Path.cwd())
     data = yaml.safe_load((run / "config.yaml").read_text())["data"]
     features = {**data.get("init_args", {}).get("features", {}), "normalize": "none"}
     datamodule = datamodule_from_config(data, features=features)

@@ -15,6 +15,9 @@ import torchaudio
 
 from speechrnn.errors import UserInputError
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+"""File suffixes read as audio (lower case; soundfile reads them all)."""
+
 TRUNCATED = re.compile(r"data\s*:\s*(?P<declared>\d+)\s*\(should be (?P<held>\d+)\)")
 """libsndfile's own diagnosis of a WAV data chunk cut short (it would otherwise read what is there)."""
 

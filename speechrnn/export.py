@@ -39,11 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechrnn.errors import run_entry_point
-from speechrnn.features import FeatureSettings, MFCCFrontend, lengths_mask
+from speechrnn.features import FeatureSettings, MFCCFrontend
 from speechrnn.io import atomic_write_bytes
 from speechrnn.models.classifier import RNNClassifier
 from speechrnn.models.encoder import RecurrentEncoder, reverse_within_length
 from speechrnn.models.network import SequenceClassifierNet
+from speechrnn.padding import lengths_mask
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")

@@ -30,6 +30,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from speechrnn.padding import lengths_mask
+
 Normalization = Literal["utterance", "dataset", "none"]
 
 
@@ -111,12 +113,6 @@ class FeatureSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FeatureSettings:
         return cls(**values)
-
-
-def lengths_mask(lengths: torch.Tensor, max_len: int, device: torch.device | None = None) -> torch.Tensor:
-    """Boolean ``(batch, max_len)`` mask, True on valid frames."""
-    lengths = lengths.to(device) if device is not None else lengths
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def normalize_utterances(features: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -4,11 +4,17 @@ checkpoint reading that never runs code from the file."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import pickle
+import re
+import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,86 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+STALE_FOREIGN_BUILD_SECONDS = 24 * 3600
+"""A temporary build folder of another machine (shared storage) is removed after this long."""
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    """``.<name>.<kind>-<host>-<pid>-<random>`` beside ``target``: whose it is, so leftovers can be told apart."""
+    return target.parent / f".{target.name}.{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    target: str | os.PathLike, replace: bool = False, usable: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
+    """Build a folder under a temporary sibling name, yielded, and rename it to ``target`` when the
+    block ends without error, so an interrupted build never looks finished (its leftovers are
+    removed by the next build: :func:`remove_stale_builds`).
+
+    If ``target`` exists by then: ``replace`` swaps it out and deletes it; otherwise, when
+    ``usable(target)`` says another process finished the same folder first, the new build is
+    discarded, and else the rename's error is raised. On error the temporary folder is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(target)
+    build = _sibling(target, "tmp")
+    build.mkdir()
+    try:
+        yield build
+        if replace and (target.exists() or target.is_symlink()):
+            retired = _sibling(target, "old")
+            target.rename(retired)
+            build.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            try:
+                os.rename(build, target)
+            except OSError:
+                if usable is None or not usable(target):
+                    raise
+                shutil.rmtree(build)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+
+
+def remove_stale_builds(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders that interrupted builds of ``target`` left behind: those of a
+    process of this machine that no longer runs, and those of other machines older than a day.
+    A build that is still running is left alone. Returns what was removed."""
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{8}}$")
+    removed = []
+    for candidate in sorted(target.parent.glob(f".{glob.escape(target.name)}.*-*")):
+        match = pattern.match(candidate.name)
+        if match is None or not candidate.is_dir():
+            continue
+        if match["host"] == socket.gethostname():
+            stale = not process_alive(int(match["pid"]))
+        else:
+            try:
+                stale = time.time() - candidate.stat().st_mtime > STALE_FOREIGN_BUILD_SECONDS
+            except FileNotFoundError:
+                continue
+        if stale:
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def current_umask() -> int:

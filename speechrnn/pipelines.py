@@ -92,10 +92,11 @@ def prepare(config: str | Path, workers: int | None = None, **init_args: Any) ->
 
 
 def latest_run(root: Path) -> Path:
+    """The newest finished run (one with ``test_metrics.json``) under ``root/lightning_logs``."""
     runs = sorted(root.glob("lightning_logs/version_*"), key=lambda p: int(p.name.split("_")[1]))
     finished = [run for run in runs if (run / "test_metrics.json").is_file()]
     if not finished:
-        raise FileNotFoundError(f"no finished run under {root}")
+        raise FileNotFoundError(f"no finished run under {root}/lightning_logs; run `python -m speechrnn.fit` first")
     return finished[-1]
 
 

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from speechrnn.audio import AudioError
-from speechrnn.data.folder import AUDIO_EXTENSIONS
+from speechrnn.audio import AUDIO_EXTENSIONS, AudioError
 from speechrnn.errors import run_entry_point
 from speechrnn.inference import Predictor
 

@@ -23,12 +23,12 @@ import torch
 from speechrnn.audio import AudioError, read_audio
 from speechrnn.cli import RUN_VERSION_ENV, reserve_run_version, run_version
 from speechrnn.data import AudioFolderDataModule, SequenceDataModule
-from speechrnn.data.cache import MemmapFeatureCache, remove_stale_builds
+from speechrnn.data.cache import MemmapFeatureCache
 from speechrnn.data.folder import read_manifest
 from speechrnn.data.sequences import load_npz, save_npz
 from speechrnn.errors import ConfigError, UserInputError, run_entry_point
 from speechrnn.fit import main as fit
-from speechrnn.io import CheckpointError, atomic_write_json, read_checkpoint
+from speechrnn.io import CheckpointError, atomic_write_json, read_checkpoint, remove_stale_builds
 from speechrnn.pipelines import summarise_run
 from speechrnn.predict import main as predict
 from tests.conftest import chirp, write_corpus

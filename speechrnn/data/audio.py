@@ -18,7 +18,8 @@ from speechrnn.data.augment import Augmenter, AugmentSettings
 from speechrnn.data.base import PadCollate, Record, SequenceDataModuleBase
 from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
 from speechrnn.errors import ConfigError
-from speechrnn.features import FeatureSettings, MFCCFrontend, lengths_mask
+from speechrnn.features import FeatureSettings, MFCCFrontend
+from speechrnn.padding import lengths_mask
 
 OnError = Literal["raise", "skip"]
 LongClips = Literal["error", "crop"]
@@ -315,7 +316,7 @@ class AudioDataModule(SequenceDataModuleBase):
         with torch.inference_mode():
             for batch in self.dataloader("train", shuffle=False, collate=PadCollate()):
                 features, lengths = self.frontend(batch[0][..., 0], batch[1])
-                valid = (torch.arange(features.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
+                valid = lengths_mask(lengths, features.shape[1]).unsqueeze(-1)
                 total = total + (features * valid).sum((0, 1)).double()
                 total_sq = total_sq + (features.square() * valid).sum((0, 1)).double()
                 count += int(lengths.sum())

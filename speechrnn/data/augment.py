@@ -18,8 +18,8 @@ import torch
 import torchaudio
 from torch import nn
 
-from speechrnn.audio import read_audio
-from speechrnn.features import lengths_mask
+from speechrnn.audio import AUDIO_EXTENSIONS, read_audio
+from speechrnn.padding import lengths_mask
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,9 @@ class Augmenter(nn.Module):
     def _load_noise(noise_dir: str | os.PathLike | None, sample_rate: int) -> torch.Tensor:
         if noise_dir is None:
             return torch.zeros(0)
-        files = sorted(p for p in Path(noise_dir).rglob("*") if p.suffix.lower() in (".wav", ".flac") and p.is_file())
+        files = sorted(p for p in Path(noise_dir).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
         if not files:
-            raise ValueError(f"augment.noise_dir {noise_dir}: no wav or flac files")
+            raise ValueError(f"augment.noise_dir {noise_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
         return torch.cat([read_audio(f, sample_rate) for f in files])
 
     def _draw_shifts(self, count: int, unit_samples: int) -> torch.Tensor:

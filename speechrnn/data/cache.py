@@ -8,15 +8,10 @@ can replace the memory-mapped cache without touching batching or splitting.
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import json
 import os
-import re
-import shutil
-import socket
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from rich.progress import Progress
+
+from speechrnn.io import atomic_directory
 
 CACHE_FORMAT_VERSION = 1
 
@@ -128,11 +125,7 @@ class MemmapFeatureCache(ConcatenatedFeatureStore):
         Errors become rows of ``skipped.csv``; raising is the caller's choice, made before this.
         """
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_builds(directory)
-        tmp = directory.parent / f".{directory.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with atomic_directory(directory, usable=cls.exists) as tmp:
             kept: list[str] = []
             skipped: list[SkippedFile] = []
             offsets = [0]
@@ -153,53 +146,7 @@ class MemmapFeatureCache(ConcatenatedFeatureStore):
             write_skipped(tmp / "skipped.csv", skipped)
             index = {"format": CACHE_FORMAT_VERSION, "feature_dim": feature_dim, "keys": kept, **(metadata or {})}
             (tmp / "index.json").write_text(json.dumps(index))
-            try:
-                os.rename(tmp, directory)
-            except OSError:
-                if not cls.exists(directory):
-                    raise
-                shutil.rmtree(tmp)  # another process finished the same cache first
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return cls(directory)
-
-
-STALE_FOREIGN_BUILD_SECONDS = 24 * 3600
-"""A temporary build folder of another machine (shared storage) is removed after this long."""
-
-
-def remove_stale_builds(directory: Path) -> list[Path]:
-    """Remove the temporary folders that killed builds of ``directory`` left behind: those of a
-    process of this machine that no longer runs, and those of other machines older than a day.
-    A build that is still running is left alone. Returns what was removed."""
-    pattern = re.compile(rf"^\.{re.escape(directory.name)}\.tmp-(?:(?P<host>.+)-(?P<pid>\d+)-)?[0-9a-f]{{8}}$")
-    removed = []
-    for candidate in directory.parent.glob(f".{glob.escape(directory.name)}.tmp-*"):
-        match = pattern.match(candidate.name)
-        if match is None or not candidate.is_dir():
-            continue
-        if match["host"] == socket.gethostname():
-            stale = not _process_alive(int(match["pid"]))
-        else:
-            try:
-                stale = time.time() - candidate.stat().st_mtime > STALE_FOREIGN_BUILD_SECONDS
-            except FileNotFoundError:
-                continue
-        if stale:
-            shutil.rmtree(candidate, ignore_errors=True)
-            removed.append(candidate)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cache_key(settings: dict[str, Any], files: Sequence[str | os.PathLike]) -> str:

@@ -9,11 +9,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from speechrnn.audio import AUDIO_EXTENSIONS
 from speechrnn.data.audio import AudioDataModule, OnError
 from speechrnn.data.base import Record
 from speechrnn.errors import MissingInputError, UserInputError
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
 
 def read_manifest(

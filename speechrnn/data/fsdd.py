@@ -6,7 +6,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from speechrnn.data.audio import AudioDataModule
 from speechrnn.data.base import Record
 from speechrnn.errors import MissingInputError
+from speechrnn.io import atomic_directory
 
 DEFAULT_ROOT = Path("data/fsdd/recordings")
 FSDD_TAG = "v1.0.10"
@@ -44,24 +44,24 @@ def download_fsdd(root: str | os.PathLike, url: str = FSDD_URL) -> Path:
     if has_wav_files(root):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fsdd-download-", dir=root.parent) as tmp:
-        archive = Path(tmp) / "fsdd.zip"
-        fetch_url(url, archive)
-        recordings = Path(tmp) / "recordings"
-        recordings.mkdir()
-        with zipfile.ZipFile(archive) as zipped:
-            for member in zipped.infolist():
-                parts = Path(member.filename).parts
-                # only <top>/recordings/<name>.wav, written by base name (no path from the archive is trusted)
-                if len(parts) == 3 and parts[1] == "recordings" and FILE_PATTERN.match(parts[2]):
-                    (recordings / parts[2]).write_bytes(zipped.read(member))
-        if not has_wav_files(recordings):
-            raise ValueError(f"{url}: the archive has no recordings/<digit>_<speaker>_<index>.wav files")
-        try:
-            os.rename(recordings, root)  # also replaces an empty root folder
-        except OSError:
-            if not has_wav_files(root):
-                raise OSError(f"{root}: cannot place the downloaded recordings there (folder not empty?)") from None
+    try:
+        # the rename at the end also replaces an empty root folder
+        with atomic_directory(root, usable=has_wav_files) as recordings:
+            archive = recordings / ".fsdd.zip"
+            fetch_url(url, archive)
+            with zipfile.ZipFile(archive) as zipped:
+                for member in zipped.infolist():
+                    parts = Path(member.filename).parts
+                    # only <top>/recordings/<name>.wav, written by base name (no path from the archive is trusted)
+                    if len(parts) == 3 and parts[1] == "recordings" and FILE_PATTERN.match(parts[2]):
+                        (recordings / parts[2]).write_bytes(zipped.read(member))
+            archive.unlink()
+            if not has_wav_files(recordings):
+                raise ValueError(f"{url}: the archive has no recordings/<digit>_<speaker>_<index>.wav files")
+    except OSError as error:
+        if has_wav_files(root):
+            raise
+        raise OSError(f"{root}: cannot place the downloaded recordings there ({error.strerror or error})") from error
     return root
 
 

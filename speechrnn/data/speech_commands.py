@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ import soundfile as sf
 from speechrnn.data.audio import AudioDataModule
 from speechrnn.data.base import SPLITS, Record
 from speechrnn.errors import MissingInputError
+from speechrnn.io import atomic_directory
 
 DEFAULT_ROOT = Path("data/speech_commands")
 WORDS_V1 = (
@@ -145,10 +145,7 @@ def write_silence_clips(
             f"{SILENCE_SECONDS:g} s silence clips for every split"
         )
     rng = np.random.default_rng(seed)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(folder, usable=Path.is_dir) as tmp:
         for split in SPLITS:
             for path in paths[split]:
                 mono, rate, clip, regions = sources[int(rng.integers(len(sources)))]
@@ -156,15 +153,6 @@ def write_silence_clips(
                 offset = int(rng.integers(start, end - clip + 1))
                 gain = 10 ** (rng.uniform(*SILENCE_GAIN_DB) / 20)
                 sf.write(tmp / path.name, np.clip(gain * mono[offset : offset + clip], -1, 1), rate)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not folder.is_dir():
-                raise
-            shutil.rmtree(tmp)  # another process wrote the same clips first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return paths
 
 

@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import zlib
@@ -43,13 +42,15 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
+from speechrnn.data.base import SPLITS
+from speechrnn.io import atomic_directory
+
 SAMPLE_RATE = 16000
 GENERATOR_VERSION = "1"
 CORPUS_NAME = "synthetic-commands"
 MANIFEST_NAME = "manifest.csv"
 GENERATION_NAME = "generation.json"
 MANIFEST_COLUMNS = ("path", "label", "speaker", "split")
-SPLITS = ("train", "val", "test")
 
 _SPEAKER_STREAM = 1
 _CLIP_STREAM = 2
@@ -622,28 +623,6 @@ def corpus_is_current(root: str | os.PathLike, config: SyntheticCorpusConfig) ->
     return all(row.get("path") and (root / row["path"]).is_file() for row in rows)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid <= 2**22
-    return True
-
-
-def _remove_stale_siblings(root: Path) -> None:
-    """Delete temporary directories left next to ``root`` by generations that no longer run."""
-    for prefix in (f".{root.name}.tmp-", f".{root.name}.old-"):
-        for candidate in root.parent.glob(prefix + "*"):
-            suffix = candidate.name[len(prefix) :]
-            if not suffix.isdigit() or not candidate.is_dir():
-                continue
-            pid = int(suffix)
-            if pid == os.getpid() or not _pid_alive(pid):
-                shutil.rmtree(candidate, ignore_errors=True)
-
-
 def generate_corpus(
     root: str | os.PathLike,
     config: SyntheticCorpusConfig = SyntheticCorpusConfig(),
@@ -670,12 +649,8 @@ def generate_corpus(
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     workers = min(num_workers or os.cpu_count() or 1, config.num_speakers)
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(root)
-    staging = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    staging.mkdir()
     started = time.perf_counter()
-    try:
+    with atomic_directory(root, replace=True) as staging:
         for word in WORDS:
             (staging / word).mkdir()
         speakers = range(config.num_speakers)
@@ -708,23 +683,7 @@ def generate_corpus(
             "order_pairs": [list(pair) for pair in ORDER_PAIRS],
         }
         (staging / GENERATION_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
-        _swap_into_place(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
-
-
-def _swap_into_place(staging: Path, root: Path) -> None:
-    """Replace ``root`` by ``staging`` with renames, deleting the previous contents afterwards."""
-    retired = root.parent / f".{root.name}.old-{os.getpid()}"
-    if root.exists() or root.is_symlink():
-        if retired.exists():
-            shutil.rmtree(retired, ignore_errors=True)
-        root.rename(retired)
-    staging.rename(root)
-    if retired.exists():
-        shutil.rmtree(retired, ignore_errors=True)
 
 
 def _report(enabled: bool, done: int, total: int, started: float) -> None:

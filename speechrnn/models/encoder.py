@@ -31,6 +31,7 @@ from torch import _VF, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from speechrnn.models.fused import fused_recurrence
+from speechrnn.padding import lengths_mask
 
 Cell = Literal["rnn", "gru", "lstm"]
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -133,7 +134,7 @@ class RecurrentEncoder(nn.Module):
         full = return_states and bool((lengths == x.shape[1]).all())
         # An LSTM's cell state is not among its outputs, so only packing gives it at ragged ends.
         packed = self.packed or (return_states and self.cell == "lstm" and not full)
-        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).unsqueeze(-1)
+        mask = lengths_mask(lengths, x.shape[1], x.device).unsqueeze(-1)
         if self._fused_applies(x, packed, states, return_states):
             return self._forward_fused(x, lengths) * mask, None
         if self._stack_applies(x, lengths, packed, states, return_states):

@@ -7,13 +7,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from speechrnn.padding import lengths_mask
+
 Pooling = Literal["mean", "last", "max", "attention"]
 POOLINGS: tuple[str, ...] = ("mean", "last", "max", "attention")
-
-
-def time_mask(lengths: torch.Tensor, max_len: int, device: torch.device) -> torch.Tensor:
-    """``(batch, max_len, 1)`` boolean mask, True on valid frames."""
-    return (torch.arange(max_len, device=device)[None, :] < lengths.to(device)[:, None]).unsqueeze(-1)
 
 
 class SequencePooling(nn.Module):
@@ -40,7 +37,7 @@ class SequencePooling(nn.Module):
             )
 
     def forward(self, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        mask = time_mask(lengths, outputs.shape[1], outputs.device)
+        mask = lengths_mask(lengths, outputs.shape[1], outputs.device).unsqueeze(-1)
         if self.mode == "mean":
             return (outputs * mask).sum(1) / lengths.to(outputs.device, outputs.dtype).clamp_min(1)[:, None]
         if self.mode == "max":

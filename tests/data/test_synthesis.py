@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 from collections import Counter
 from pathlib import Path
 
@@ -241,7 +242,7 @@ def test_incomplete_corpus_and_leftover_temp_dir_regenerate(tmp_path: Path) -> N
     assert victim.is_file() and corpus_is_current(root, SMALL)
 
     (root / "generation.json").unlink()
-    stale = tmp_path / ".corpus.tmp-999999999"
+    stale = tmp_path / f".corpus.tmp-{socket.gethostname()}-999999999-0badc0de"  # a dead process's build
     (stale / "asi").mkdir(parents=True)
     (stale / "manifest.csv").write_text("path,label,speaker,split\n")
     assert not corpus_is_current(root, SMALL)
