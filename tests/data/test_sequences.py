@@ -63,7 +63,7 @@ def test_npz_trains_through_the_cli(tmp_path: Path) -> None:
         "--model.hidden_size", "16", "--trainer.max_epochs", "3", "--trainer.default_root_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     ])  # fmt: skip
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert metrics["test/acc"] >= 0.9  # up, down and flat walks are easy (chance is 1/3; 1.0 measured)
 
 
 def test_bad_sequences_are_named(tmp_path: Path) -> None:
