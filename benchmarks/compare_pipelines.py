@@ -15,7 +15,7 @@ memory (``ru_maxrss``) is its own:
     ``dm.featurize(batch)`` (torchaudio MFCC per batch), otherwise as (b).
 
 Two more on request (``--pipelines``): (r) is (b) without bucketing, (g) is (b) with PyTorch's
-``nn.GRU`` instead of the fused CPU GRU (``encoder.fused_cpu = False``), to separate the gains.
+``nn.GRU`` instead of the fused CPU GRU (``encoder.fused = "off"``), to separate the gains.
 
 Printed per pipeline: samples/s once warm (median over per-step rates after the first epoch, or
 after ``--warmup-steps`` when the run is shorter than two epochs), time of the first epoch from a
@@ -288,7 +288,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
         from speechrnn.models import SequenceClassifierNet
 
         model = SequenceClassifierNet(dm.feature_dim, dm.num_classes, "gru", HIDDEN, LAYERS, True, pooling="mean")
-        model.encoder.fused_cpu = args.only != "g"
+        model.encoder.fused = "off" if args.only == "g" else "auto"
         train_loader = dm.train_dataloader()
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -167,7 +167,7 @@ def recurrent_gflops(args: argparse.Namespace, batches: list, steps: int, fused:
     else one PyTorch module per layer and direction)."""
     net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
     encoder = net.encoder.to(args.device).train()
-    encoder.fused_cpu = encoder.cudnn_stack = fused
+    encoder.fused = "auto" if fused else "off"
     features, lengths, _ = batches[0]
     features = features.to(args.device)
     for _ in range(3):
@@ -246,7 +246,7 @@ def main() -> None:
         bare_loop(net, batches, args.warmup, args.device, args.precision)
         bare.append(bare_loop(net, batches, args.steps, args.device, args.precision))
         if other:
-            net.encoder.packed = net.encoder.cudnn_stack = False
+            net.encoder.packed, net.encoder.fused = False, "off"
             bare_loop(net, batches, args.warmup, args.device, args.precision)
             others.append(bare_loop(net, batches, args.steps, args.device, args.precision))
         lightning.append(lightning_loop(args, batches, args.steps, args.warmup))

@@ -68,7 +68,7 @@ def test_full_length_batches_take_the_whole_stack_kernel_with_the_same_results(
     x, lengths = torch.randn(5, 9, 6, device=CUDA), torch.full((5,), 9)
     results = []
     for stack in (True, False):
-        net.encoder.cudnn_stack = stack
+        net.encoder.fused = "auto" if stack else "off"
         net.zero_grad()
         out = net(x, lengths)
         out.square().sum().backward()

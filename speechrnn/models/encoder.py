@@ -10,15 +10,15 @@ direction reads each sequence reversed *within its own length* (then its outputs
 back), so it too starts at the true last frame. ``packed=True`` instead packs sequences, which
 skips the compute spent on padding; both paths give the same valid outputs.
 
-Training a vanilla RNN or a GRU on the CPU goes through
+Two fused paths apply where they can (``fused="auto"``; ``"off"`` always runs the modules one
+layer and direction at a time). Training a vanilla RNN or a GRU on the CPU goes through
 :func:`speechrnn.models.fused.fused_recurrence` (the same parameters and equations, both directions
-in one loop, backpropagation through time written out); ``encoder.fused_cpu = False`` uses
-``nn.RNN``/``nn.GRU`` there too.
-
-On a GPU, a batch whose sequences all fill its time axis (fixed-length clips) runs every layer and
-direction in one call of PyTorch's multi-layer kernel (cuDNN): reversing within each length is
-then reversing the whole axis, as that kernel's backward direction does, so the maths is the padded
-path's, with the directions and layers overlapped. ``encoder.cudnn_stack = False`` turns it off.
+in one loop, backpropagation through time written out; equal to ``nn.RNN``/``nn.GRU`` up to
+rounding). On a GPU, a batch whose sequences all fill its time axis (fixed-length clips) runs every
+layer and direction in one call of PyTorch's multi-layer kernel (cuDNN): reversing within each
+length is then reversing the whole axis, as that kernel's backward direction does, so the maths is
+the padded path's, with the directions and layers overlapped. Neither applies when an inner module
+carries forward hooks (pruning, old-style weight norm, activation capture), which they would bypass.
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ from typing import Literal
 
 import torch
 from torch import _VF, nn
+from torch.nn.modules import module as torch_module
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from speechrnn.models.fused import fused_recurrence
 from speechrnn.padding import lengths_mask
 
 Cell = Literal["rnn", "gru", "lstm"]
+Fused = Literal["auto", "off"]
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -59,15 +61,6 @@ class RecurrentEncoder(nn.Module):
     are zero; the backward direction's output at frame ``t`` summarises frames ``t..length-1``.
     """
 
-    fused_cpu: bool = True
-    """Train RNNs and GRUs on the CPU with :func:`~speechrnn.models.fused.fused_recurrence` (exact;
-    faster).
-    With inter-layer dropout the two paths draw different (equally distributed) dropout masks."""
-
-    cudnn_stack: bool = True
-    """On a GPU, run full-length batches through the multi-layer kernel in one call (same maths;
-    dropout masks drawn by the kernel)."""
-
     def __init__(
         self,
         input_size: int,
@@ -77,6 +70,7 @@ class RecurrentEncoder(nn.Module):
         bidirectional: bool = True,
         dropout: float = 0.0,
         packed: bool = False,
+        fused: Fused = "auto",
     ) -> None:
         super().__init__()
         if cell not in CELLS:
@@ -90,6 +84,9 @@ class RecurrentEncoder(nn.Module):
         self.bidirectional = bidirectional
         self.num_directions = 2 if bidirectional else 1
         self.packed = packed
+        if fused not in ("auto", "off"):
+            raise ValueError(f"fused must be 'auto' or 'off', got {fused!r}")
+        self.fused = fused
         self.layers = nn.ModuleList(
             nn.ModuleList(
                 CELLS[cell](
@@ -158,9 +155,15 @@ class RecurrentEncoder(nn.Module):
                 final_states.append(forward_state)
         return x, (final_states if return_states else None)
 
+    def _unhooked(self) -> bool:
+        """No forward hook (of a module or global) that a fused path would bypass."""
+        if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.layers.modules())
+
     def _fused_applies(self, x: torch.Tensor, packed: bool, states: list[State] | None, return_states: bool) -> bool:
         return (
-            self.fused_cpu
+            self.fused == "auto"
             and self.cell in ("rnn", "gru")
             and not packed
             and states is None
@@ -172,19 +175,21 @@ class RecurrentEncoder(nn.Module):
             and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()
             and not torch.compiler.is_exporting()
+            and self._unhooked()
         )
 
     def _stack_applies(
         self, x: torch.Tensor, lengths: torch.Tensor, packed: bool, states: list[State] | None, return_states: bool
     ) -> bool:
         return (
-            self.cudnn_stack
+            self.fused == "auto"
             and x.is_cuda
             and not packed
             and states is None
             and not return_states
             and not torch.compiler.is_compiling()
             and not torch.compiler.is_exporting()
+            and self._unhooked()
             and bool((lengths == x.shape[1]).all())
         )
 

@@ -18,10 +18,9 @@ backward, and accumulates the recurrent weight gradient one step at a time. Here
 of a bidirectional layer run in one loop as batched matrix products; the backward pass keeps
 inside its loop only what is truly sequential, ``dL/dh_{t-1} = dL/dy_{t-1} + dG_t W_hh`` (plus
 ``dL/dh_t * z_t`` for the GRU; ``dG_t``: the gradients of the pre-activations at step t), and the
-weight and input gradients are one matrix product each over all steps. On a 2-core CPU a 2 x 128
-BiGRU trains on FSDD 1.56-1.60x faster than through ``nn.GRU`` (three runs), and a 2 x 128 BiRNN's
-recurrent layers run 1.32x faster than ``nn.RNN``'s (``benchmarks/README.md``). On a GPU the
-encoder keeps PyTorch's modules (cuDNN).
+weight and input gradients are one matrix product each over all steps (measured gains:
+``benchmarks/README.md``). On a GPU the encoder keeps PyTorch's modules (cuDNN). The results equal
+``nn.RNN``/``nn.GRU``'s up to floating-point rounding (the sums run in another order).
 
 Gradients with respect to the initial state are not produced (it is always zero here), and the
 functions are differentiable once (no double backward).
@@ -42,10 +41,9 @@ class ScratchPool:
     """Reuses large scratch buffers between calls.
 
     A fresh multi-megabyte tensor comes from the C allocator as new, untouched pages, and faulting
-    them in is costly: on a 2-core Xeon a 2 x 128 BiGRU's forward and backward over 64 x 101
-    frames took 195 ms with fresh scratch buffers and 170 ms with this pool. Only buffers that never
-    leave the function go through it (nothing the caller or autograd can still see is recycled, so
-    a retained graph backpropagates twice correctly); it keeps at most ``max_bytes``.
+    them in is costly (``benchmarks/README.md``). Only buffers that never leave the function go
+    through it (nothing the caller or autograd can still see is recycled, so a retained graph
+    backpropagates twice correctly); it keeps at most ``max_bytes``, until :meth:`clear`.
     """
 
     def __init__(self, max_bytes: int = 512 * 2**20) -> None:
@@ -64,6 +62,16 @@ class ScratchPool:
                 return best[:numel].view(shape)
         return torch.empty(shape, dtype=like.dtype, device=like.device)
 
+    def clear(self) -> None:
+        """Drop every kept buffer (their memory returns to the allocator)."""
+        with self._lock:
+            self._free = []
+
+    @property
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return sum(b.numel() * b.element_size() for b in self._free)
+
     def give(self, *tensors: torch.Tensor) -> None:
         """Return buffers from :meth:`take` once nothing reads them any more."""
         with self._lock:
@@ -77,6 +85,12 @@ class ScratchPool:
 
 
 SCRATCH = ScratchPool()
+
+
+def release_scratch() -> None:
+    """Free the scratch buffers the fused recurrences keep between calls (up to 512 MiB), e.g. once
+    CPU training is over in a process that goes on."""
+    SCRATCH.clear()
 
 
 def _linear_grads(

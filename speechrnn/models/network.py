@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from speechrnn.models.encoder import Cell, RecurrentEncoder
+from speechrnn.models.encoder import Cell, Fused, RecurrentEncoder
 from speechrnn.models.pooling import Pooling, SequencePooling
 
 
@@ -29,10 +29,13 @@ class SequenceClassifierNet(nn.Module):
         pooling: Pooling = "mean",
         input_norm: bool = False,
         packed: bool = False,
+        fused: Fused = "auto",
     ) -> None:
         super().__init__()
         self.input_norm = nn.LayerNorm(input_size) if input_norm else nn.Identity()
-        self.encoder = RecurrentEncoder(input_size, hidden_size, num_layers, cell, bidirectional, dropout, packed)
+        self.encoder = RecurrentEncoder(
+            input_size, hidden_size, num_layers, cell, bidirectional, dropout, packed=packed, fused=fused
+        )
         self.pooling = SequencePooling(pooling, self.encoder.output_size, self.encoder.num_directions)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.encoder.output_size, num_outputs)

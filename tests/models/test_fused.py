@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from speechrnn.models import RecurrentEncoder, SequenceClassifierNet
-from speechrnn.models.fused import FUSED_FUNCTIONS, SCRATCH, FusedGRUFunction, fused_recurrence
+from speechrnn.models.fused import FUSED_FUNCTIONS, SCRATCH, FusedGRUFunction, fused_recurrence, release_scratch
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
 
@@ -85,28 +85,65 @@ def graph_has_fused(function) -> bool:
     return False
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_encoder_fused_and_pytorch_paths_agree_in_value_and_gradient(cell: str, bidirectional: bool) -> None:
+def test_encoder_fused_and_pytorch_paths_agree_in_value_and_gradient(
+    cell: str, bidirectional: bool, dtype: torch.dtype
+) -> None:
+    """Against ``nn.RNN``/``nn.GRU``: to 1e-10 in float64, to float32 rounding in float32 (the
+    default training precision)."""
     torch.manual_seed(0)
-    encoder = RecurrentEncoder(5, 4, num_layers=2, cell=cell, bidirectional=bidirectional).double()
+    encoder = RecurrentEncoder(5, 4, num_layers=2, cell=cell, bidirectional=bidirectional).to(dtype)
     x, lengths = ragged()
-    upstream = torch.randn(4, 7, encoder.output_size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x = x.to(dtype)
+    upstream = torch.randn(4, 7, encoder.output_size, dtype=dtype, generator=torch.Generator().manual_seed(4))
+    tolerance = TIGHT if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
 
     results = {}
     for fused in (False, True):
-        encoder.fused_cpu = fused
+        encoder.fused = "auto" if fused else "off"
         inputs = x.clone().requires_grad_(True)
         outputs, _ = encoder(inputs, lengths)
         grads = torch.autograd.grad((outputs * upstream).sum(), [inputs, *encoder.parameters()])
         results[fused] = (outputs, grads, outputs.grad_fn)
 
-    torch.testing.assert_close(results[True][0], results[False][0], **TIGHT)
+    torch.testing.assert_close(results[True][0], results[False][0], **tolerance)
     for ours, theirs in zip(results[True][1], results[False][1], strict=True):
-        torch.testing.assert_close(ours, theirs, **TIGHT)
+        torch.testing.assert_close(ours, theirs, **tolerance)
     assert torch.all(results[True][0][2, 1:] == 0)  # padding zeroed, as on the other path
 
     assert graph_has_fused(results[True][2]) and not graph_has_fused(results[False][2])
+
+
+def test_a_forward_hook_on_an_inner_cell_is_honoured() -> None:
+    """The fused path would bypass an inner module's hooks (pruning, weight norm, activation
+    capture): with one registered, the encoder runs the modules themselves."""
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(5, 4, num_layers=2, cell="gru", bidirectional=True)
+    x, lengths = ragged()
+    x = x.float()
+    expected, _ = encoder(x, lengths)
+    seen = []
+    handle = encoder.layers[1][0].register_forward_hook(lambda module, args, output: seen.append(output[0].shape))
+    try:
+        outputs, _ = encoder(x, lengths)
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([4, 7, 4])]
+    assert not graph_has_fused(outputs.grad_fn)
+    torch.testing.assert_close(outputs, expected, rtol=1e-5, atol=1e-6)
+    assert graph_has_fused(encoder(x, lengths)[0].grad_fn)  # and fused again once it is removed
+
+
+def test_fused_option_is_checked_and_its_scratch_pool_can_be_released() -> None:
+    with pytest.raises(ValueError, match="fused must be 'auto' or 'off'"):
+        RecurrentEncoder(5, 4, fused="on")  # type: ignore[arg-type]
+    encoder = RecurrentEncoder(5, 64, num_layers=2, cell="gru")
+    encoder(torch.randn(8, 50, 5), torch.full((8,), 50))[0].sum().backward()
+    assert SCRATCH.kept_bytes > 0
+    release_scratch()
+    assert SCRATCH.kept_bytes == 0
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru"])

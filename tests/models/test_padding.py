@@ -128,11 +128,11 @@ for cell in ("rnn", "gru", "lstm"):
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_whole_stack_kernel_equals_the_padded_path_on_full_length_batches(cell: str, bidirectional: bool) -> None:
-    # The GPU runs full-length batches through the multi-layer kernel in one call (cudnn_stack);
+    # The GPU runs full-length batches through the multi-layer kernel in one call (fused="auto");
     # on the CPU the same call must give the per-direction path's outputs and gradients.
     torch.manual_seed(0)
     encoder = RecurrentEncoder(6, 8, num_layers=3, cell=cell, bidirectional=bidirectional, dropout=0.3).eval()
-    encoder.fused_cpu = False
+    encoder.fused = "off"
     x = torch.randn(4, 7, 6, requires_grad=True)
     reference, _ = encoder(x, torch.full((4,), 7))
     reference.square().sum().backward()
