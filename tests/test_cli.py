@@ -86,6 +86,7 @@ def test_saved_config_replays(tiny_corpus: Path, tmp_path: Path) -> None:
     assert replay["metrics"] == pytest.approx(first["metrics"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "module,options",
     [("speechrnn.evaluate", ["--ckpt", "--split", "--out", "--data"]),
@@ -98,6 +99,7 @@ def test_other_entry_points_have_help(module: str, options: list[str]) -> None:
         assert option in result.stdout
 
 
+@pytest.mark.slow
 def test_help_documents_options() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "speechrnn.fit", "--help"], capture_output=True, text=True, timeout=120

@@ -15,6 +15,8 @@ from speechrnn.data import AudioFolderDataModule
 from speechrnn.evaluate import predict_split
 from tests.test_cli import fit_args
 
+pytestmark = pytest.mark.slow  # see the README: the fast lane leaves these out
+
 
 def test_two_process_fit_matches_a_single_process_evaluation(tiny_corpus: Path, tmp_path: Path) -> None:
     args = fit_args(

@@ -88,6 +88,7 @@ def reference(checkpoint: Path, waveforms: torch.Tensor, lengths: torch.Tensor) 
     return batched
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_onnx_matches_pytorch_and_predictor(checkpoints: dict[str, Path], cell: str, tmp_path: Path) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
@@ -187,6 +188,7 @@ def test_deltas_dataset_statistics_and_vanilla_rnn_trace_like_the_front_end() ->
     torch.testing.assert_close(rnn_as_gru(rnn)(sequence)[0], rnn(sequence)[0], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vanilla_rnn_network_exports_to_onnx_as_equivalent_gru() -> None:
     """Stacked bidirectional tanh RNNs are rewritten as GRUs for ONNX; onnxruntime must agree with
     the original on another batch size and length than the export's example."""

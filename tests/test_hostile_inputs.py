@@ -239,6 +239,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_cache_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
     script = (

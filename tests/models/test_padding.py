@@ -105,6 +105,7 @@ def test_bidirectional_encoder_refuses_carried_state() -> None:
         encoder(torch.zeros(1, 2, 6), torch.tensor([2]), states=[torch.zeros(1, 1, 8)] * 2)
 
 
+@pytest.mark.slow
 def test_forward_has_no_data_dependent_graph_break() -> None:
     """torch.compile must capture the whole classifier (no Python branch on the lengths' values).
 
