@@ -19,7 +19,7 @@ from jsonargparse import ArgumentParser
 
 from speechrnn.data.base import SequenceDataModuleBase, Split
 from speechrnn.errors import checked_options, run_entry_point
-from speechrnn.models.classifier import RNNClassifier
+from speechrnn.models.classifier import RNNClassifier, output_activation
 from speechrnn.reports import write_report
 
 
@@ -33,7 +33,7 @@ def predict_split(
     outputs, indices = [], []
     for batch in datamodule.dataloader(split, shuffle=False, shard=False):
         features, lengths, *_ = datamodule.featurize((batch[0].to(device, non_blocking=True), *batch[1:]))
-        outputs.append(model(features, lengths).float().softmax(-1).cpu())
+        outputs.append(output_activation(model(features, lengths), model.hparams.task).cpu())
         indices.append(batch[3])
     probabilities = torch.cat(outputs).numpy()
     indices = torch.cat(indices).numpy()

@@ -7,9 +7,10 @@ normalisation inside the graph, so a deployment needs no Python feature code::
     waveforms (B, S) float32 at sample_rate, lengths (B,) int64 samples  ->  probabilities (B, C)
 
 Clips shorter than the batch's widest are zero-padded after their end; each clip gets the
-probabilities it gets alone, and the same as :class:`speechrnn.inference.Predictor` (every stage
-is masked by ``lengths``). A clip needs at least ``min_samples`` samples (one analysis window).
-There is no resampling: feed audio at ``sample_rate``.
+probabilities it gets alone, and the same as :class:`speechrnn.inference.Predictor`: the file holds
+the graph of :class:`speechrnn.inference.WaveformClassifier` (or ``FeatureClassifier``). A clip
+needs at least ``min_samples`` samples (one analysis window). There is no resampling: feed audio at
+``sample_rate``.
 
 A checkpoint trained on feature sequences (no audio settings) exports its network alone, with its
 dataset normalisation: ``features (B, T, F) float32, lengths (B,) int64 frames -> probabilities``.
@@ -35,15 +36,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from speechrnn.errors import run_entry_point
-from speechrnn.features import FeatureSettings, MFCCFrontend
+from speechrnn.inference import FeatureClassifier, WaveformClassifier
 from speechrnn.io import atomic_write_bytes
 from speechrnn.models.classifier import RNNClassifier
-from speechrnn.models.encoder import RecurrentEncoder, reverse_within_length
-from speechrnn.models.network import SequenceClassifierNet
+from speechrnn.models.encoder import RecurrentEncoder
 from speechrnn.padding import lengths_mask
 
 Format = Literal["onnx", "torchscript"]
@@ -53,177 +52,6 @@ EXTRA_FILE = "speechrnn.json"
 """Name of the metadata file inside a TorchScript archive."""
 TOLERANCE = 1e-4
 """Largest difference the post-export check accepts between the exported file and PyTorch."""
-
-
-def encode(encoder: RecurrentEncoder, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``RecurrentEncoder.forward``'s padded path without its data-dependent branch, so it exports.
-
-    The encoder asks whether every sequence is full length (``bool`` of a tensor), which
-    ``torch.export`` cannot trace and ``torch.jit.trace`` would freeze; packing does not export
-    either. The padded path gives the same valid outputs as packing, so packed checkpoints export
-    too.
-    """
-    mask = lengths_mask(lengths, x.shape[1], x.device).unsqueeze(-1).to(x.dtype)
-    for depth, directions in enumerate(encoder.layers):
-        if depth > 0:
-            x = encoder.dropout(x)
-        forward_out = directions[0](x)[0]
-        if encoder.bidirectional:
-            backward_out = directions[1](reverse_within_length(x, lengths))[0]
-            x = torch.cat([forward_out, reverse_within_length(backward_out, lengths)], dim=-1)
-        else:
-            x = forward_out
-        x = x * mask
-    return x
-
-
-def run_network(net: SequenceClassifierNet, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``SequenceClassifierNet.forward`` through :func:`encode`: outputs ``(B, num_outputs)``."""
-    outputs = encode(net.encoder, net.input_norm(features), lengths)
-    return net.head(net.dropout(net.pooling(outputs, lengths)))
-
-
-def deltas(coeffs: torch.Tensor, win_length: int = 5) -> torch.Tensor:
-    """torchaudio's ``compute_deltas`` (edge frames replicated) on ``(B, C, T)`` as shifted differences.
-
-    torchaudio uses a grouped convolution with one group per batch row and coefficient, and an ONNX
-    convolution's group count cannot depend on the batch size.
-    """
-    n = (win_length - 1) // 2
-    frames = coeffs.shape[-1]
-    padded = F.pad(coeffs, (n, n), mode="replicate")
-    shifted = [k * (padded[..., n + k : n + k + frames] - padded[..., n - k : n - k + frames]) for k in range(1, n + 1)]
-    return sum(shifted) / (n * (n + 1) * (2 * n + 1) / 3)
-
-
-class FeatureClassifier(nn.Module):
-    """A network with its dataset normalisation and output activation, in eval mode:
-    ``forward(features (B, T, F) float32, lengths (B,) int64 frames) -> (B, num_outputs)``.
-
-    Softmax probabilities for classification, raw outputs for regression. Checkpoints trained on
-    feature sequences export as this; :class:`WaveformClassifier` puts the MFCC front end before it.
-    """
-
-    def __init__(
-        self,
-        net: SequenceClassifierNet,
-        class_names: list[str],
-        feature_mean: list[float] | None = None,
-        feature_std: list[float] | None = None,
-        task: str = "classification",
-    ) -> None:
-        super().__init__()
-        if (feature_mean is None) != (feature_std is None):
-            raise ValueError("feature_mean and feature_std must be given together")
-        self.net = net
-        self.class_names = list(class_names)
-        self.task = task
-        self.normalized = feature_mean is not None
-        if self.normalized:
-            self.register_buffer("mean", torch.tensor(feature_mean, dtype=torch.float32))
-            self.register_buffer("std", torch.tensor(feature_std, dtype=torch.float32))
-        self.eval()
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> FeatureClassifier:
-        """Load on the CPU. Works for any checkpoint (an audio one then takes its MFCCs)."""
-        return cls.from_model(load_checkpoint(path))
-
-    @classmethod
-    def from_model(cls, model: RNNClassifier) -> FeatureClassifier:
-        """Share ``model``'s network, with its ``data_config``'s labels and statistics."""
-        config = model.data_config
-        return cls(
-            model.net, model.class_names, config.get("feature_mean"), config.get("feature_std"), model.hparams.task
-        )
-
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if self.normalized:
-            valid = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1)
-            features = torch.where(valid, (features - self.mean) / self.std, torch.zeros_like(features))
-        outputs = run_network(self.net, features, lengths).float()
-        return outputs.softmax(-1) if self.task == "classification" else outputs
-
-    def metadata(self) -> dict[str, Any]:
-        """What a deployment needs besides the graph: labels, task and what the input is."""
-        return {
-            "class_names": self.class_names,
-            "task": self.task,
-            "input": "features",
-            "feature_dim": self.net.encoder.input_size,
-        }
-
-
-class WaveformClassifier(nn.Module):
-    """A checkpoint as waveforms -> probabilities: MFCC front end, dataset normalisation, network, softmax.
-
-    ``forward(waveforms (B, S) float32 at sample_rate, lengths (B,) int64 samples) -> (B, C)``.
-    Gives the probabilities :class:`speechrnn.inference.Predictor` gives for the same audio, for
-    each clip of a zero-padded batch as for the clip alone. Does not resample.
-    """
-
-    def __init__(
-        self,
-        net: SequenceClassifierNet,
-        settings: FeatureSettings,
-        class_names: list[str],
-        feature_mean: list[float] | None = None,
-        feature_std: list[float] | None = None,
-        task: str = "classification",
-    ) -> None:
-        super().__init__()
-        self.settings = settings
-        self.frontend = MFCCFrontend(settings)
-        self.classifier = FeatureClassifier(net, class_names, feature_mean, feature_std, task)
-        self.eval()
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> WaveformClassifier:
-        """Load on the CPU; ``ValueError`` for a checkpoint without audio feature settings."""
-        return cls.from_model(load_checkpoint(path), str(path))
-
-    @classmethod
-    def from_model(cls, model: RNNClassifier, name: str = "model") -> WaveformClassifier:
-        """Share ``model``'s network, with its ``data_config``'s feature settings, labels and statistics."""
-        config = model.data_config
-        if not config.get("features"):
-            raise ValueError(
-                f"{name}: the checkpoint has no audio feature settings (it was trained on feature sequences); "
-                "use FeatureClassifier, which takes features (B, T, F) and lengths"
-            )
-        return cls(
-            model.net,
-            FeatureSettings.from_dict(config["features"]),
-            model.class_names,
-            config.get("feature_mean"),
-            config.get("feature_std"),
-            model.hparams.task,
-        )
-
-    @property
-    def sample_rate(self) -> int:
-        return self.settings.rate
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.classifier.class_names
-
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # Every STFT frame is kept: an exported graph's shapes cannot depend on the lengths' values.
-        lengths = lengths.to(waveforms.device, torch.int64)
-        features, frame_lengths = self.frontend.compute(waveforms, lengths, frames=None, deltas=deltas)
-        return self.classifier(features, frame_lengths)
-
-    def metadata(self) -> dict[str, Any]:
-        """Labels, task, sample rate, the shortest usable clip (samples) and the feature settings."""
-        return {
-            "class_names": self.class_names,
-            "task": self.classifier.task,
-            "input": "waveform",
-            "sample_rate": self.sample_rate,
-            "min_samples": self.settings.win_length,
-            "features": self.settings.to_dict(),
-        }
 
 
 def load_checkpoint(path: str | os.PathLike) -> RNNClassifier:
@@ -319,15 +147,19 @@ def rnn_as_gru(rnn: nn.RNN) -> nn.GRU:
     return gru.to(rnn.weight_ih_l0.device).train(rnn.training)
 
 
-def _for_onnx(model: nn.Module) -> nn.Module:
-    """``model``, or a copy whose tanh RNNs are :func:`rnn_as_gru` GRUs."""
-    if not any(isinstance(module, nn.RNN) for module in model.modules()):
-        return model
+def _for_export(model: nn.Module, onnx: bool = False) -> nn.Module:
+    """A copy of ``model`` whose encoders take the padded path one module at a time (packing and
+    the fused kernels do not export; the padded path gives the same valid outputs), with tanh RNNs
+    as :func:`rnn_as_gru` GRUs for ONNX."""
     model = copy.deepcopy(model)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.RNN):
-                setattr(module, name, rnn_as_gru(child))
+    for module in model.modules():
+        if isinstance(module, RecurrentEncoder):
+            module.packed, module.fused = False, "off"
+    if onnx:
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.RNN):
+                    setattr(module, name, rnn_as_gru(child))
     return model
 
 
@@ -352,7 +184,7 @@ def onnx_model_bytes(model: WaveformClassifier | FeatureClassifier, opset: int =
     example = example_inputs(model)
     with _export_context():
         program = torch.export.export(
-            _for_onnx(model),
+            _for_export(model, onnx=True),
             example,
             dynamic_shapes=dynamic_shapes,
             strict=False,
@@ -428,7 +260,7 @@ def trace(model: WaveformClassifier | FeatureClassifier) -> torch.jit.ScriptModu
     checks that on inputs of another shape."""
     with torch.no_grad(), _quiet_jit():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # RNN input checks, fixed sizes only
-        return torch.jit.trace(model, example_inputs(model), check_trace=False)
+        return torch.jit.trace(_for_export(model), example_inputs(model), check_trace=False)
 
 
 def export_torchscript(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, verify: bool = True) -> Path:

@@ -12,21 +12,21 @@ padding                ``center=True``, reflect        ``center=True``, ``pad_mo
 mel filters            ``mel_scale="htk"``, no norm    ``htk=True``, ``norm=None``
 power to dB            ``AmplitudeToDB(top_db=80)``    ``power_to_db(ref=1, top_db=80)``
 DCT                    type II, orthonormal            ``dct_type=2``, ``norm="ortho"``
-deltas                 ``compute_deltas(win_length=5)``  ``delta(width=5, mode="nearest")``;
-                       applied twice for delta-deltas   applied twice (not ``order=2``)
+deltas                 :func:`deltas` (torchaudio's    ``delta(width=5, mode="nearest")``;
+                       ``compute_deltas``, width 5),   applied twice (not ``order=2``)
+                       applied twice
 =====================  ==============================  =========================================
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
@@ -128,6 +128,25 @@ def normalize_utterances(features: torch.Tensor, lengths: torch.Tensor, eps: flo
     return centred / (std + eps)
 
 
+def standardize(features: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Dataset normalisation of ``(B, T, F)``: ``(x - mean) / std`` with the training split's
+    statistics on valid frames, zeros on padding. The one place training, evaluation, inference and
+    exported models apply it."""
+    valid = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1)
+    return torch.where(valid, (features - mean) / std, torch.zeros_like(features))
+
+
+def deltas(coeffs: torch.Tensor, win_length: int = 5) -> torch.Tensor:
+    """Time derivatives of ``(B, C, T)`` by regression over ``win_length`` frames, edge frames
+    replicated: torchaudio's ``compute_deltas``, written as shifted differences because its grouped
+    convolution (one group per batch row and coefficient) cannot be exported with a dynamic batch."""
+    n = (win_length - 1) // 2
+    frames = coeffs.shape[-1]
+    padded = F.pad(coeffs, (n, n), mode="replicate")
+    shifted = [k * (padded[..., n + k : n + k + frames] - padded[..., n - k : n - k + frames]) for k in range(1, n + 1)]
+    return sum(shifted) / (n * (n + 1) * (2 * n + 1) / 3)
+
+
 def reflect_past_ends(waveforms: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
     """Right-pad ``(B, S)`` by ``width`` and mirror each clip's last samples past its own end (as a
     centred STFT does at the end of a lone clip); everything further is zeroed. Valid frames of a
@@ -225,14 +244,12 @@ class MFCCFrontend(nn.Module):
         waveforms: torch.Tensor,
         lengths: torch.Tensor,
         frames: int | None = None,
-        deltas: Callable[[torch.Tensor], torch.Tensor] | None = None,
         warps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The front end for ``lengths`` (int64, any device), keeping ``frames`` frames (all the STFT
         yields when None, as an exported graph needs: frames past each clip's end are masked like
-        padding). ``deltas`` replaces torchaudio's ``compute_deltas(win_length=5)``; ``warps (B,)``
-        reads each clip's spectrum through a warped mel filterbank (:func:`warped_mel_filterbanks`)."""
-        deltas = deltas or functools.partial(torchaudio.functional.compute_deltas, win_length=5)
+        padding). ``warps (B,)`` reads each clip's spectrum through a warped mel filterbank
+        (:func:`warped_mel_filterbanks`)."""
         frame_lengths = self.settings.num_frames(lengths)
         audio = reflect_past_ends(waveforms.float(), lengths, self.settings.n_fft // 2)
         if warps is None:

@@ -1,15 +1,156 @@
-"""Classify recordings from a checkpoint alone, with exactly the feature settings it was trained on."""
+"""From a checkpoint to probabilities: the one inference graph that :class:`Predictor`, ``evaluate``
+and ``export`` share, with exactly the feature settings and statistics the model was trained on.
+
+- :class:`FeatureClassifier`: dataset normalisation, network, output activation;
+  ``(features (B, T, F), lengths (B,) frames) -> (B, C)``.
+- :class:`WaveformClassifier`: the MFCC front end before it;
+  ``(waveforms (B, S) at sample_rate, lengths (B,) samples) -> (B, C)``. Every stage is masked by
+  the lengths, so each clip of a zero-padded batch gets what it gets alone.
+- :class:`Predictor`: files and waveforms of any rate and channel count -> label probabilities.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from speechrnn.audio import AudioError, read_audio, resample, to_mono
-from speechrnn.features import FeatureSettings, MFCCFrontend
-from speechrnn.models.classifier import RNNClassifier
+from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
+from speechrnn.models.classifier import RNNClassifier, output_activation
+from speechrnn.models.network import SequenceClassifierNet
+
+
+class FeatureClassifier(nn.Module):
+    """A network with its dataset normalisation and output activation, in eval mode:
+    ``forward(features (B, T, F) float32, lengths (B,) int64 frames) -> (B, num_outputs)``.
+
+    Softmax probabilities for classification, raw outputs for regression. Checkpoints trained on
+    feature sequences export as this; :class:`WaveformClassifier` puts the MFCC front end before it.
+    """
+
+    def __init__(
+        self,
+        net: SequenceClassifierNet,
+        class_names: list[str],
+        feature_mean: list[float] | None = None,
+        feature_std: list[float] | None = None,
+        task: str = "classification",
+    ) -> None:
+        super().__init__()
+        if (feature_mean is None) != (feature_std is None):
+            raise ValueError("feature_mean and feature_std must be given together")
+        self.net = net
+        self.class_names = list(class_names)
+        self.task = task
+        self.normalized = feature_mean is not None
+        if self.normalized:
+            self.register_buffer("mean", torch.tensor(feature_mean, dtype=torch.float32))
+            self.register_buffer("std", torch.tensor(feature_std, dtype=torch.float32))
+        self.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> FeatureClassifier:
+        """Works for any checkpoint (an audio one then takes its MFCCs)."""
+        return cls.from_model(RNNClassifier.from_checkpoint(path, map_location=device))
+
+    @classmethod
+    def from_model(cls, model: RNNClassifier) -> FeatureClassifier:
+        """Share ``model``'s network, with its ``data_config``'s labels and statistics."""
+        config = model.data_config
+        classifier = cls(
+            model.net, model.class_names, config.get("feature_mean"), config.get("feature_std"), model.hparams.task
+        )
+        return classifier.to(model.device)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.normalized:
+            features = standardize(features, lengths, self.mean, self.std)
+        return output_activation(self.net(features, lengths), self.task)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a deployment needs besides the graph: labels, task and what the input is."""
+        return {
+            "class_names": self.class_names,
+            "task": self.task,
+            "input": "features",
+            "feature_dim": self.net.encoder.input_size,
+        }
+
+
+class WaveformClassifier(nn.Module):
+    """A checkpoint as waveforms -> probabilities: MFCC front end, dataset normalisation, network, softmax.
+
+    ``forward(waveforms (B, S) float32 at sample_rate, lengths (B,) int64 samples) -> (B, C)``,
+    for each clip of a zero-padded batch as for the clip alone. Does not resample.
+    """
+
+    def __init__(
+        self,
+        net: SequenceClassifierNet,
+        settings: FeatureSettings,
+        class_names: list[str],
+        feature_mean: list[float] | None = None,
+        feature_std: list[float] | None = None,
+        task: str = "classification",
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.frontend = MFCCFrontend(settings)
+        self.classifier = FeatureClassifier(net, class_names, feature_mean, feature_std, task)
+        self.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> WaveformClassifier:
+        """``ValueError`` for a checkpoint without audio feature settings."""
+        return cls.from_model(RNNClassifier.from_checkpoint(path, map_location=device), str(path))
+
+    @classmethod
+    def from_model(cls, model: RNNClassifier, name: str = "model") -> WaveformClassifier:
+        """Share ``model``'s network, with its ``data_config``'s feature settings, labels and statistics."""
+        config = model.data_config
+        if not config.get("features"):
+            raise ValueError(
+                f"{name}: the checkpoint has no audio feature settings (it was trained on feature sequences); "
+                "use FeatureClassifier, which takes features (B, T, F) and lengths"
+            )
+        classifier = cls(
+            model.net,
+            FeatureSettings.from_dict(config["features"]),
+            model.class_names,
+            config.get("feature_mean"),
+            config.get("feature_std"),
+            model.hparams.task,
+        )
+        return classifier.to(model.device)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.settings.rate
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classifier.class_names
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # Every STFT frame is kept: an exported graph's shapes cannot depend on the lengths' values.
+        lengths = lengths.to(waveforms.device, torch.int64)
+        features, frame_lengths = self.frontend.compute(waveforms, lengths, frames=None)
+        return self.classifier(features, frame_lengths)
+
+    def metadata(self) -> dict[str, Any]:
+        """Labels, task, sample rate, the shortest usable clip (samples) and the feature settings."""
+        return {
+            "class_names": self.class_names,
+            "task": self.classifier.task,
+            "input": "waveform",
+            "sample_rate": self.sample_rate,
+            "min_samples": self.settings.win_length,
+            "features": self.settings.to_dict(),
+        }
 
 
 class Predictor:
@@ -20,17 +161,12 @@ class Predictor:
     """
 
     def __init__(self, model: RNNClassifier, device: str | torch.device = "cpu") -> None:
-        config = model.data_config
-        if not config.get("features"):
+        if not model.data_config.get("features"):
             raise ValueError("this checkpoint has no audio feature settings (it was trained on feature sequences)")
-        self.model = model.to(device).eval()
         self.device = torch.device(device)
-        self.settings = FeatureSettings.from_dict(config["features"])
-        self.frontend = MFCCFrontend(self.settings).to(self.device)
-        mean, std = config.get("feature_mean"), config.get("feature_std")
-        self.mean = None if mean is None else torch.tensor(mean, device=self.device)
-        self.std = None if std is None else torch.tensor(std, device=self.device)
-        self.class_names = model.class_names
+        self.classifier = WaveformClassifier.from_model(model.to(self.device).eval())
+        self.settings = self.classifier.settings
+        self.class_names = self.classifier.class_names
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
@@ -43,10 +179,8 @@ class Predictor:
         audio = resample(torch.from_numpy(np.ascontiguousarray(samples)), sample_rate, self.settings.rate)
         if audio.numel() < self.settings.win_length:
             raise ValueError(f"waveform too short: {audio.numel()} samples, need {self.settings.win_length}")
-        features, lengths = self.frontend(audio.to(self.device).unsqueeze(0))
-        if self.mean is not None:
-            features = (features - self.mean) / self.std
-        return self.model(features, lengths).float().softmax(-1)[0].cpu()
+        lengths = torch.tensor([audio.numel()], device=self.device)
+        return self.classifier(audio.to(self.device).unsqueeze(0), lengths)[0].cpu()
 
     def predict_waveform(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> dict[str, float]:
         """Label -> probability, most likely first."""
@@ -61,4 +195,4 @@ class Predictor:
         return self.predict_waveform(waveform.numpy(), self.settings.rate)
 
 
-__all__ = ["AudioError", "Predictor"]
+__all__ = ["AudioError", "FeatureClassifier", "Predictor", "WaveformClassifier"]

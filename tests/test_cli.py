@@ -73,7 +73,7 @@ def test_fit_writes_run_folder_and_checkpoint_classifies_a_wav(tiny_corpus: Path
     predictor = Predictor.from_checkpoint(checkpoint)
     record = dm.record_of(0)
     wave, rate = sf.read(record.source, dtype="float32")
-    features, _ = predictor.frontend(torch.from_numpy(wave.mean(1) if wave.ndim == 2 else wave)[None])
+    features, _ = predictor.classifier.frontend(torch.from_numpy(wave.mean(1) if wave.ndim == 2 else wave)[None])
     torch.testing.assert_close(features[0], torch.from_numpy(np.array(dm.store[0])), rtol=1e-4, atol=1e-4)
 
 

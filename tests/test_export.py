@@ -16,8 +16,6 @@ import pytest
 import torch
 
 from speechrnn.export import (
-    FeatureClassifier,
-    WaveformClassifier,
     export,
     export_onnx,
     export_torchscript,
@@ -30,7 +28,7 @@ from speechrnn.export import (
 )
 from speechrnn.features import FeatureSettings, MFCCFrontend
 from speechrnn.fit import main as fit
-from speechrnn.inference import Predictor
+from speechrnn.inference import FeatureClassifier, Predictor, WaveformClassifier
 from speechrnn.models.network import SequenceClassifierNet
 from tests.conftest import chirp, write_corpus
 from tests.test_cli import fit_args

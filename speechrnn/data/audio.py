@@ -18,7 +18,7 @@ from speechrnn.data.augment import Augmenter, AugmentSettings
 from speechrnn.data.base import PadCollate, Record, SequenceDataModuleBase
 from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
 from speechrnn.errors import ConfigError
-from speechrnn.features import FeatureSettings, MFCCFrontend
+from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
 from speechrnn.padding import lengths_mask
 
 OnError = Literal["raise", "skip"]
@@ -289,8 +289,7 @@ class AudioDataModule(SequenceDataModuleBase):
             if self.feature_mean is not None:
                 mean = torch.as_tensor(self.feature_mean, device=features.device)
                 std = torch.as_tensor(self.feature_std, device=features.device)
-                valid = lengths_mask(lengths, features.shape[1], features.device)
-                features = (features - mean) / std * valid[..., None]
+                features = standardize(features, lengths, mean, std)
         if augment:
             features, lengths = self.augmenter.to(features.device).features(
                 features, lengths, shift=not self.on_device_features

@@ -25,8 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from speechrnn.data.cache import FeatureStore
 from speechrnn.data.sampler import BucketBatchSampler
 from speechrnn.errors import ConfigError, UserInputError
-from speechrnn.features import FeatureSettings
-from speechrnn.padding import lengths_mask
+from speechrnn.features import FeatureSettings, standardize
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -124,8 +123,7 @@ class PadCollate:
             padded[row, : len(array)] = array
         features = torch.from_numpy(padded)
         if self.mean is not None:
-            mask = lengths_mask(lengths, features.shape[1]).unsqueeze(-1)
-            features = torch.where(mask, (features - self.mean) / self.std, 0.0)
+            features = standardize(features, lengths, self.mean, self.std)
         targets = torch.as_tensor(np.array([item[1] for item in items]))
         indices = torch.tensor([item[2] for item in items], dtype=torch.int64)
         return features, lengths, targets, indices

@@ -22,6 +22,13 @@ Task = Literal["classification", "regression"]
 Scheduler = Literal["onecycle", "cosine", "none"]
 
 
+def output_activation(outputs: torch.Tensor, task: str) -> torch.Tensor:
+    """Outputs as the model reports them: class probabilities (softmax, float32) for
+    classification, the raw float32 outputs for regression."""
+    outputs = outputs.float()
+    return outputs.softmax(-1) if task == "classification" else outputs
+
+
 class RNNClassifier(pl.LightningModule):
     """Recurrent sequence classifier (or many-to-one regressor) with its loss, metrics and optimiser.
 
