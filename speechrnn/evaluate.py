@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 from speechrnn.data.base import SequenceDataModuleBase, Split
 from speechrnn.errors import checked_options, run_entry_point
@@ -70,6 +70,7 @@ def run_config(checkpoint: Path) -> Path | None:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m speechrnn.evaluate", description=__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options.")
     parser.add_argument("--ckpt", type=Path, required=True, help="Checkpoint to evaluate.")
     parser.add_argument(
         "--split", type=str, default="test", choices=["train", "val", "test"], help="Split to evaluate."
@@ -83,9 +84,17 @@ def build_parser() -> ArgumentParser:
 def main(args: list[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     args = sys.argv[1:] if args is None else args
+    # The run's data config becomes the defaults that --data.* options then override, so the
+    # checkpoint is read before the full parse (from the command line or a --config file).
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--ckpt", type=Path)
-    checkpoint = pre.parse_known_args(args)[0].ckpt
+    pre.add_argument("--config", action="append", default=[])
+    known = pre.parse_known_args(args)[0]
+    checkpoint = known.ckpt
+    for file in known.config:
+        given = yaml.safe_load(Path(file).read_text()) if Path(file).is_file() else None
+        if checkpoint is None and isinstance(given, dict) and given.get("ckpt"):
+            checkpoint = Path(given["ckpt"])
     if checkpoint is not None and (config := run_config(checkpoint)) is not None:
         parser.set_defaults({"data": yaml.safe_load(config.read_text())["data"]})
     config = parser.parse_args(args)

@@ -7,11 +7,12 @@ and the rest continue; the exit status is 1 when any file failed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Literal
+
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 from speechrnn.audio import AUDIO_EXTENSIONS, AudioError
 from speechrnn.errors import run_entry_point
@@ -72,12 +73,13 @@ def predict(
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m speechrnn.predict", description=__doc__)
+    parser = ArgumentParser(prog="python -m speechrnn.predict", description=__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by python -m speechrnn.fit")
-    parser.add_argument("inputs", type=Path, nargs="+", metavar="FILE_OR_DIR", help="audio files or folders of them")
-    parser.add_argument("--top-k", type=int, default=3, help="labels printed per file, most likely first (default 3)")
-    parser.add_argument("--format", choices=["table", "jsonl"], default="table", help="output format (default table)")
-    parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+    parser.add_argument("inputs", type=Path, nargs="+", metavar="FILE_OR_DIR", help="audio files or folders")
+    parser.add_argument("--top_k", "--top-k", type=int, default=3, help="labels printed per file, most likely first")
+    parser.add_argument("--format", type=Literal["table", "jsonl"], default="table", help="output format")
+    parser.add_argument("--device", type=str, default="cpu", help="torch device to run on")
     config = parser.parse_args(args)
     return predict(config.ckpt, config.inputs, config.top_k, config.format, config.device)
 

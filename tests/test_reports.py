@@ -91,3 +91,27 @@ def test_predict_cli_reports_bad_files_and_continues(trained_run: Path, tmp_path
     assert result["path"].endswith("good.wav") and len(result["top"]) == 2
     assert result["top"][0]["probability"] >= result["top"][1]["probability"]
     assert predict.main(["--ckpt", str(trained_run / "checkpoints" / "last.ckpt"), str(good)]) == 0
+
+
+def test_every_entry_point_takes_a_config_file_and_prints_its_config(trained_run: Path, tmp_path: Path, capsys) -> None:
+    from speechrnn import export
+
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, chirp("up", 0.3, 16000, np.random.default_rng(3)), 16000)
+    (tmp_path / "predict.yaml").write_text(f"ckpt: {ckpt}\ntop_k: 1\nformat: jsonl\n")
+    assert predict.main(["--config", str(tmp_path / "predict.yaml"), str(clip)]) == 0
+    assert len(json.loads(capsys.readouterr().out)["top"]) == 1
+    (tmp_path / "evaluate.yaml").write_text(f"ckpt: {ckpt}\nsplit: val\nout: {tmp_path / 'report'}\n")
+    evaluate.main(["--config", str(tmp_path / "evaluate.yaml")])
+    assert (tmp_path / "report" / "report.json").is_file()
+    capsys.readouterr()
+    for entry, args, key in [
+        (predict.main, ["--ckpt", str(ckpt), str(clip)], "top_k: 3"),
+        (evaluate.main, ["--ckpt", str(ckpt)], "split: test"),
+        (export.main, ["--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx")], "format: onnx"),
+        (main, [], "class_path: speechrnn.data.SyntheticCommandsDataModule"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            entry([*args, "--print_config"])
+        assert stop.value.code in (0, None) and key in capsys.readouterr().out
