@@ -53,10 +53,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from speechrnn.data.fsdd import FILE_PATTERN
+from speechrnn.data.locations import corpus_root
 from speechrnn.features import FeatureSettings
 
 REPO = Path(__file__).resolve().parents[1]
-FSDD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+FSDD_ROOT = corpus_root("fsdd", "recordings")
 SYNTHETIC_SPEAKERS = 30
 HIDDEN = 128
 LAYERS = 2

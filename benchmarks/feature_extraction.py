@@ -44,10 +44,11 @@ from torch.utils.data import DataLoader
 
 from speechrnn.data import FSDDDataModule
 from speechrnn.data.fsdd import FILE_PATTERN
+from speechrnn.data.locations import corpus_root
 from speechrnn.features import FeatureSettings, MFCCFrontend, librosa_mfcc
 from speechrnn.models import SequenceClassifierNet
 
-FSDD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+FSDD_ROOT = corpus_root("fsdd", "recordings")
 BATCH = 64
 
 

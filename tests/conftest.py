@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ import pytest
 import soundfile as sf
 
 CLASSES = ("up", "down", "flat")
+# Real recordings for the tests that use them when present: $SPEECHRNN_DATA, else the shared folder
+# beside the checkout (CI has it there); those tests skip when neither holds them.
+REAL_DATA = Path(os.environ.get("SPEECHRNN_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def chirp(kind: str, seconds: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:

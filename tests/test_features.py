@@ -11,16 +11,16 @@ import torch
 
 from speechrnn.audio import read_audio
 from speechrnn.features import FeatureSettings, MFCCFrontend, librosa_mfcc, normalize_utterances
-from tests.conftest import chirp
+from tests.conftest import REAL_DATA, chirp
 
-FSDD_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings" / "3_theo_7.wav"
+FSDD_CLIP = REAL_DATA / "fsdd" / "recordings" / "3_theo_7.wav"
 # Per block of coefficients (cepstra, deltas, delta-deltas), as a fraction of the block's largest
 # reference value: 1.4e-6 (raw) and 1.3e-5 (normalised per utterance) measured on the FSDD clip.
 BLOCK_TOLERANCE = 1e-4
 
 
 def speech_clip() -> tuple[np.ndarray, int]:
-    """A real FSDD recording when the shared data is present, else a synthesised harmonic sweep."""
+    """A real FSDD recording when one is present, else a synthesised harmonic sweep."""
     if FSDD_CLIP.is_file():
         wave, rate = sf.read(FSDD_CLIP, dtype="float32")
         return wave, rate

@@ -15,10 +15,10 @@ import numpy as np
 
 from speechrnn.data.audio import AudioDataModule
 from speechrnn.data.base import Record
+from speechrnn.data.locations import corpus_root
 from speechrnn.errors import MissingInputError
 from speechrnn.io import atomic_directory
 
-DEFAULT_ROOT = Path("data/fsdd/recordings")
 FSDD_TAG = "v1.0.10"
 FSDD_URL = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/{FSDD_TAG}.zip"
 FILE_PATTERN = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>.+)_(?P<index>[0-9]+)\.wav$")
@@ -117,7 +117,8 @@ class FSDDDataModule(AudioDataModule):
     ) -> None:
         """
         Args:
-            root: Folder of the ``{digit}_{speaker}_{index}.wav`` files (default ``data/fsdd/recordings``).
+            root: Folder of the ``{digit}_{speaker}_{index}.wav`` files (default
+                ``$SPEECHRNN_DATA/fsdd/recordings``, ``SPEECHRNN_DATA`` defaulting to ``data``).
             split: ``official``: recordings 0-4 are the test set (the dataset's own split);
                 ``speaker``: ``test_speakers`` are the test set (speaker-independent evaluation).
             test_speakers: With ``split="speaker"`` (required there): speakers held out for testing.
@@ -146,7 +147,7 @@ class FSDDDataModule(AudioDataModule):
         overlap = sorted(set(test_speakers or []) & set(val_speakers or []))
         if overlap:
             raise ValueError(f"speakers both in test_speakers and val_speakers: {overlap}")
-        self.root = Path(root) if root is not None else DEFAULT_ROOT
+        self.root = Path(root) if root is not None else corpus_root("fsdd", "recordings")
         self.split = split
         self.test_speakers = list(test_speakers or [])
         self.val_speakers = list(val_speakers or [])

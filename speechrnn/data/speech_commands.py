@@ -16,10 +16,10 @@ import soundfile as sf
 
 from speechrnn.data.audio import AudioDataModule
 from speechrnn.data.base import SPLITS, Record
+from speechrnn.data.locations import corpus_root
 from speechrnn.errors import MissingInputError
 from speechrnn.io import atomic_directory
 
-DEFAULT_ROOT = Path("data/speech_commands")
 WORDS_V1 = (
     "bed", "bird", "cat", "dog", "down", "eight", "five", "four", "go", "happy", "house", "left", "marvin",
     "nine", "no", "off", "on", "one", "right", "seven", "sheila", "six", "stop", "three", "tree", "two",
@@ -187,7 +187,7 @@ class SpeechCommandsDataModule(AudioDataModule):
         """
         Args:
             root: Folder holding ``SpeechCommands/speech_commands_v0.0<version>/`` (default
-                ``data/speech_commands``).
+                ``$SPEECHRNN_DATA/speech_commands``, ``SPEECHRNN_DATA`` defaulting to ``data``).
             version: 1 (30 words, 65k clips) or 2 (35 words, 105k clips).
             task: ``all``: one class per word; ``12class``: ten keywords, ``_unknown_`` and ``_silence_``.
             download: Fetch the corpus with torchaudio in ``prepare_data`` when it is missing
@@ -209,7 +209,7 @@ class SpeechCommandsDataModule(AudioDataModule):
         for option, value in (("silence_fraction", silence_fraction), ("unknown_fraction", unknown_fraction)):
             if value < 0:
                 raise ValueError(f"{option} must be >= 0, got {value}")
-        self.root = Path(root) if root is not None else DEFAULT_ROOT
+        self.root = Path(root) if root is not None else corpus_root("speech_commands")
         self.version = version
         self.task_name = task
         self.download = download

@@ -13,8 +13,9 @@ import torch
 
 import speechrnn.data.fsdd as fsdd
 from speechrnn.data.fsdd import FSDDDataModule
+from tests.conftest import REAL_DATA
 
-SHARED_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd" / "recordings"
+SHARED_FSDD = REAL_DATA / "fsdd" / "recordings"
 DIGITS = [str(d) for d in range(10)]
 
 
