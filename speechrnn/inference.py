@@ -88,19 +88,11 @@ class WaveformClassifier(nn.Module):
     for each clip of a zero-padded batch as for the clip alone. Does not resample.
     """
 
-    def __init__(
-        self,
-        net: SequenceClassifierNet,
-        settings: FeatureSettings,
-        class_names: list[str],
-        feature_mean: list[float] | None = None,
-        feature_std: list[float] | None = None,
-        task: str = "classification",
-    ) -> None:
+    def __init__(self, settings: FeatureSettings, classifier: FeatureClassifier) -> None:
         super().__init__()
         self.settings = settings
         self.frontend = MFCCFrontend(settings)
-        self.classifier = FeatureClassifier(net, class_names, feature_mean, feature_std, task)
+        self.classifier = classifier
         self.eval()
 
     @classmethod
@@ -117,14 +109,7 @@ class WaveformClassifier(nn.Module):
                 f"{name}: the checkpoint has no audio feature settings (it was trained on feature sequences); "
                 "use FeatureClassifier, which takes features (B, T, F) and lengths"
             )
-        classifier = cls(
-            model.net,
-            FeatureSettings.from_dict(config["features"]),
-            model.class_names,
-            config.get("feature_mean"),
-            config.get("feature_std"),
-            model.hparams.task,
-        )
+        classifier = cls(FeatureSettings.from_dict(config["features"]), FeatureClassifier.from_model(model))
         return classifier.to(model.device)
 
     @property

@@ -168,7 +168,7 @@ def test_deltas_dataset_statistics_and_vanilla_rnn_trace_like_the_front_end() ->
     with torch.no_grad():
         net.head.weight.mul_(10)
     mean, std = torch.randn(settings.feature_dim), torch.rand(settings.feature_dim) + 0.5
-    model = WaveformClassifier(net, settings, list("abcd"), mean.tolist(), std.tolist())
+    model = WaveformClassifier(settings, FeatureClassifier(net, list("abcd"), mean.tolist(), std.tolist()))
     traced = trace(model)
     lengths = torch.tensor([5000, 901, 3333])
     waveforms = 0.2 * torch.randn(3, 5000) * (torch.arange(5000) < lengths[:, None])

@@ -14,9 +14,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from speechrnn.io import checkpoint_errors
-from speechrnn.models.encoder import Cell, Fused
 from speechrnn.models.network import SequenceClassifierNet
-from speechrnn.models.pooling import Pooling
 
 Task = Literal["classification", "regression"]
 Scheduler = Literal["onecycle", "cosine", "none"]
@@ -42,15 +40,7 @@ class RNNClassifier(pl.LightningModule):
         self,
         input_size: int,
         num_classes: int,
-        cell: Cell = "gru",
-        hidden_size: int = 128,
-        num_layers: int = 2,
-        bidirectional: bool = True,
         dropout: float = 0.1,
-        pooling: Pooling = "mean",
-        input_norm: bool = False,
-        packed: bool = False,
-        fused: Fused = "auto",
         task: Task = "classification",
         lr: float = 3e-3,
         weight_decay: float = 0.01,
@@ -59,24 +49,13 @@ class RNNClassifier(pl.LightningModule):
         scheduler: Scheduler = "onecycle",
         warmup_fraction: float = 0.1,
         class_names: list[str] | None = None,
+        **net: Any,
     ) -> None:
         """
         Args:
             input_size: Feature size per frame (linked from the DataModule's ``feature_dim``).
             num_classes: Number of classes (linked from the DataModule); outputs for regression.
-            cell: Recurrent cell: ``rnn`` (tanh), ``gru`` or ``lstm``.
-            hidden_size: Hidden units per direction and layer.
-            num_layers: Stacked recurrent layers.
-            bidirectional: Read each sequence in both directions.
             dropout: Dropout between recurrent layers and before the head.
-            pooling: How frames are summarised: ``mean``, ``last``, ``max`` or ``attention``.
-            input_norm: LayerNorm over each input frame.
-            packed: Pack sequences instead of the exact padded path (same result; skips padded
-                compute; on a 2-core CPU and on an H200 it measured slower than the padded path).
-            fused: ``auto``: fused recurrences where they apply (RNN and GRU training on the CPU;
-                full-length batches on a GPU, all layers in one cuDNN call), equal to the
-                per-module path up to rounding; ``off``: PyTorch's modules one layer and direction
-                at a time, e.g. to compare or to debug.
             task: ``classification`` (cross-entropy) or ``regression`` (mean squared error).
             lr: Peak learning rate of AdamW.
             weight_decay: AdamW weight decay (not applied to biases and norms).
@@ -86,6 +65,9 @@ class RNNClassifier(pl.LightningModule):
                 then cosine decay) or ``none``.
             warmup_fraction: Fraction of training steps spent warming up.
             class_names: Label names in class-index order (linked from the DataModule).
+            **net: The network's architecture (``cell``, ``hidden_size``, ``num_layers``,
+                ``bidirectional``, ``pooling``, ``input_norm``, ``packed``, ``fused``): see
+                :class:`~speechrnn.models.network.SequenceClassifierNet`.
         """
         super().__init__()
         if task not in ("classification", "regression"):
@@ -95,19 +77,7 @@ class RNNClassifier(pl.LightningModule):
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"class_weights has {len(class_weights)} entries for {num_classes} classes")
         self.save_hyperparameters()
-        self.net = SequenceClassifierNet(
-            input_size,
-            num_classes,
-            cell,
-            hidden_size,
-            num_layers,
-            bidirectional,
-            dropout,
-            pooling,
-            input_norm,
-            packed,
-            fused,
-        )
+        self.net = SequenceClassifierNet(input_size, num_classes, dropout=dropout, **net)
         self.data_config: dict[str, Any] = {"class_names": class_names}
         if class_weights is not None:
             self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
