@@ -106,6 +106,11 @@ def _linear_grads(
     return grad_inputs, grad_weight, flat.sum(1) if needs[2] else None
 
 
+def _layout(x: torch.Tensor, w_hh: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int, int]]:
+    """``x`` contiguous, and its sizes: directions, steps, batch, inputs, then the hidden size."""
+    return x.contiguous(), (*x.shape, w_hh.shape[2])
+
+
 class FusedGRUFunction(torch.autograd.Function):
     """``D`` independent single-layer GRUs over ``x: (D, time, batch, input)`` from zero states;
     returns every hidden state ``(D, time, batch, hidden)``. Weights are stacked over ``D``:
@@ -116,9 +121,7 @@ class FusedGRUFunction(torch.autograd.Function):
     def forward(
         ctx, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor
     ) -> torch.Tensor:
-        x = x.contiguous()
-        directions, steps, batch, inputs = x.shape
-        hidden = w_hh.shape[2]
+        x, (directions, steps, batch, inputs, hidden) = _layout(x, w_hh)
         two = 2 * hidden
         # pre[:, t, :, :2H] accumulates the whole r, z pre-activation; pre[..., 2H:] becomes W_hn h + b_hn.
         bias = torch.cat([b_ih[:, :two] + b_hh[:, :two], b_ih[:, two:]], dim=1)
@@ -184,9 +187,7 @@ class FusedTanhRNNFunction(torch.autograd.Function):
     def forward(
         ctx, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor
     ) -> torch.Tensor:
-        x = x.contiguous()
-        directions, steps, batch, inputs = x.shape
-        hidden = w_hh.shape[2]
+        x, (directions, steps, batch, inputs, hidden) = _layout(x, w_hh)
         pre = SCRATCH.take((directions, steps, batch, hidden), x)
         torch.baddbmm(
             (b_ih + b_hh).unsqueeze(1),
