@@ -12,54 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from speechrnn.data.base import SequenceDataModuleBase, Split
+from speechrnn.data.base import SequenceDataModuleBase
 from speechrnn.errors import checked_options, run_entry_point
-from speechrnn.models.classifier import RNNClassifier, output_activation
-from speechrnn.reports import write_report
-
-
-@torch.inference_mode()
-def predict_split(
-    model: RNNClassifier, datamodule: SequenceDataModuleBase, split: Split, device: str | torch.device = "cpu"
-) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None]]:
-    """Targets ``(N,)``, probabilities ``(N, C)``, sources and speakers of every example in ``split``."""
-    datamodule.setup("test")
-    model = model.to(device).eval()
-    outputs, indices = [], []
-    for batch in datamodule.dataloader(split, shuffle=False, shard=False):
-        features, lengths, *_ = datamodule.featurize((batch[0].to(device, non_blocking=True), *batch[1:]))
-        outputs.append(output_activation(model(features, lengths), model.hparams.task).cpu())
-        indices.append(batch[3])
-    probabilities = torch.cat(outputs).numpy()
-    indices = torch.cat(indices).numpy()
-    targets = datamodule.targets()[indices]
-    records = [datamodule.record_of(int(i)) for i in indices]
-    return targets, probabilities, [r.source for r in records], [r.speaker for r in records]
-
-
-def report_split(
-    model: RNNClassifier,
-    datamodule: SequenceDataModuleBase,
-    split: Split,
-    out_dir: str | Path,
-    device: str | torch.device = "cpu",
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write the evaluation report of ``model`` on ``split`` into ``out_dir``."""
-    if model.class_names != datamodule.class_names:
-        raise ValueError(
-            f"the checkpoint's classes {model.class_names} differ from the data's {datamodule.class_names}"
-        )
-    targets, probabilities, sources, speakers = predict_split(model, datamodule, split, device)
-    return write_report(
-        out_dir, targets, probabilities, model.class_names, sources, speakers,
-        title=f"{type(datamodule).__name__}: {split} split", extra=extra,
-    )  # fmt: skip
+from speechrnn.models.classifier import RNNClassifier
+from speechrnn.reports import report_split
 
 
 def run_config(checkpoint: Path) -> Path | None:

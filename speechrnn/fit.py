@@ -15,8 +15,8 @@ from speechrnn.callbacks import EpochTimer
 from speechrnn.cli import SpeechRNNCLI, check_trainer_plan
 from speechrnn.data.base import SPLITS
 from speechrnn.errors import checked_options, run_entry_point
-from speechrnn.evaluate import report_split
 from speechrnn.io import atomic_write_json
+from speechrnn.reports import report_split
 
 
 def run_folder(trainer: Any) -> Path:

@@ -7,6 +7,7 @@ and ``export`` share, with exactly the feature settings and statistics the model
   ``(waveforms (B, S) at sample_rate, lengths (B,) samples) -> (B, C)``. Every stage is masked by
   the lengths, so each clip of a zero-padded batch gets what it gets alone.
 - :class:`Predictor`: files and waveforms of any rate and channel count -> label probabilities.
+- :func:`predict_split`: a DataModule's split through the training path's features -> probabilities.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from speechrnn.audio import AudioError, read_audio, resample, to_mono
+from speechrnn.data.base import SequenceDataModuleBase, Split
 from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
 from speechrnn.models.classifier import RNNClassifier, output_activation
 from speechrnn.models.network import SequenceClassifierNet
@@ -180,4 +182,23 @@ class Predictor:
         return self.predict_waveform(waveform.numpy(), self.settings.rate)
 
 
-__all__ = ["AudioError", "FeatureClassifier", "Predictor", "WaveformClassifier"]
+@torch.inference_mode()
+def predict_split(
+    model: RNNClassifier, datamodule: SequenceDataModuleBase, split: Split, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None]]:
+    """Targets ``(N,)``, probabilities ``(N, C)``, sources and speakers of every example in ``split``."""
+    datamodule.setup("test")
+    model = model.to(device).eval()
+    outputs, indices = [], []
+    for batch in datamodule.dataloader(split, shuffle=False, shard=False):
+        features, lengths, *_ = datamodule.featurize((batch[0].to(device, non_blocking=True), *batch[1:]))
+        outputs.append(output_activation(model(features, lengths), model.hparams.task).cpu())
+        indices.append(batch[3])
+    probabilities = torch.cat(outputs).numpy()
+    indices = torch.cat(indices).numpy()
+    targets = datamodule.targets()[indices]
+    records = [datamodule.record_of(int(i)) for i in indices]
+    return targets, probabilities, [r.source for r in records], [r.speaker for r in records]
+
+
+__all__ = ["AudioError", "FeatureClassifier", "Predictor", "WaveformClassifier", "predict_split"]

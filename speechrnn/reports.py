@@ -27,7 +27,10 @@ from sklearn.metrics import (
 )
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from speechrnn.data.base import SequenceDataModuleBase, Split
+from speechrnn.inference import predict_split
 from speechrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from speechrnn.models.classifier import RNNClassifier
 
 
 def _renormalized(probabilities: np.ndarray) -> np.ndarray:
@@ -187,3 +190,23 @@ def write_report(
         ])  # fmt: skip
     atomic_write_text(out / "predictions.csv", table.getvalue())
     return metrics
+
+
+def report_split(
+    model: RNNClassifier,
+    datamodule: SequenceDataModuleBase,
+    split: Split,
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the evaluation report of ``model`` on ``split`` into ``out_dir``."""
+    if model.class_names != datamodule.class_names:
+        raise ValueError(
+            f"the checkpoint's classes {model.class_names} differ from the data's {datamodule.class_names}"
+        )
+    targets, probabilities, sources, speakers = predict_split(model, datamodule, split, device)
+    return write_report(
+        out_dir, targets, probabilities, model.class_names, sources, speakers,
+        title=f"{type(datamodule).__name__}: {split} split", extra=extra,
+    )  # fmt: skip
