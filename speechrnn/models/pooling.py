@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -52,3 +53,46 @@ class SequencePooling(nn.Module):
         scores = self.score(outputs).masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores.float(), dim=1).to(outputs.dtype)
         return (weights * outputs).sum(1)
+
+    def update(self, state: PoolingState | None, outputs: torch.Tensor) -> PoolingState:
+        """The incremental form, for streaming: fold a chunk of unpadded encoder outputs
+        ``(batch, time, D * H)`` into ``state`` (None before the first chunk). After the last chunk
+        :meth:`read` gives what :meth:`forward` gives on the whole sequence: ``last`` keeps the
+        latest frame, ``mean`` a running sum, ``max`` a running maximum and ``attention`` an online
+        softmax (running maximum score, normaliser and weighted sum)."""
+        frames = outputs.shape[1] + (state.frames if state else 0)
+        if self.mode == "last":
+            return PoolingState(outputs[:, -1], frames)
+        if self.mode == "mean":
+            total = outputs.sum(1)
+            return PoolingState(total if state is None else state.summary + total, frames)
+        if self.mode == "max":
+            peak = outputs.amax(1)
+            return PoolingState(peak if state is None else torch.maximum(state.summary, peak), frames)
+        scores = self.score(outputs).float()  # (batch, time, 1)
+        chunk_max = scores.amax(1)
+        new_max = chunk_max if state is None else torch.maximum(state.score_max, chunk_max)
+        weights = torch.exp(scores - new_max[:, None])
+        weighted, normaliser = (weights * outputs).sum(1), weights.sum(1)
+        if state is not None:
+            rescale = torch.exp(state.score_max - new_max)
+            weighted, normaliser = weighted + rescale * state.summary, normaliser + rescale * state.score_sum
+        return PoolingState(weighted, frames, new_max, normaliser)
+
+    def read(self, state: PoolingState) -> torch.Tensor:
+        """The summary ``(batch, D * H)`` of everything folded into ``state``."""
+        if self.mode == "mean":
+            return state.summary / state.frames
+        if self.mode == "attention":
+            return state.summary / state.score_sum
+        return state.summary
+
+
+@dataclass
+class PoolingState:
+    """What :meth:`SequencePooling.update` carries between chunks."""
+
+    summary: torch.Tensor
+    frames: int
+    score_max: torch.Tensor | None = None
+    score_sum: torch.Tensor | None = None
