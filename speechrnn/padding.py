@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+PADDED_CLASS = -100
+"""Per-step class target of a padded frame: ``F.cross_entropy``'s ``ignore_index``, so padding never
+counts in the loss."""
+
 
 def lengths_mask(lengths: torch.Tensor, max_len: int, device: torch.device | None = None) -> torch.Tensor:
     """Boolean ``(batch, max_len)`` mask, True on valid frames (``lengths`` on any device; the

@@ -26,6 +26,7 @@ from speechrnn.data.cache import FeatureStore
 from speechrnn.data.sampler import BucketBatchSampler
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings, standardize
+from speechrnn.padding import PADDED_CLASS
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -109,6 +110,19 @@ class SequenceDataset(Dataset):
         return self.store.lengths[self.indices]
 
 
+def pad_targets(targets: list[Any], width: int) -> torch.Tensor:
+    """One target per sequence ``(B,)``, or per-step targets ``(T_i,)``/``(T_i, D)`` padded to
+    ``(B, width[, D])``: with :data:`PADDED_CLASS` for class indices, zeros for values."""
+    if np.ndim(targets[0]) == 0:
+        return torch.as_tensor(np.array(targets))
+    first = np.asarray(targets[0])
+    fill = PADDED_CLASS if np.issubdtype(first.dtype, np.integer) else 0
+    padded = np.full((len(targets), width, *first.shape[1:]), fill, dtype=first.dtype)
+    for row, target in enumerate(targets):
+        padded[row, : len(target)] = target
+    return torch.from_numpy(padded)
+
+
 class PadCollate:
     """Pad a list of items into the documented batch, applying dataset statistics when given."""
 
@@ -124,7 +138,7 @@ class PadCollate:
         features = torch.from_numpy(padded)
         if self.mean is not None:
             features = standardize(features, lengths, self.mean, self.std)
-        targets = torch.as_tensor(np.array([item[1] for item in items]))
+        targets = pad_targets([item[1] for item in items], int(lengths.max()))
         indices = torch.tensor([item[2] for item in items], dtype=torch.int64)
         return features, lengths, targets, indices
 
@@ -215,7 +229,8 @@ class SequenceDataModuleBase(pl.LightningDataModule):
 
     @property
     def task(self) -> str:
-        """``classification`` or ``regression``; the model's task follows it."""
+        """``classification`` or ``regression`` of whole sequences, or ``frame_classification`` /
+        ``frame_regression`` (a target per time step); the model's task follows it."""
         return "classification"
 
     @property

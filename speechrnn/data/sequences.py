@@ -10,7 +10,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -18,13 +18,14 @@ from speechrnn.data.base import Record, SequenceDataModuleBase
 from speechrnn.data.cache import ConcatenatedFeatureStore
 from speechrnn.errors import MissingInputError, UserInputError
 
-SequenceTask = Literal["classification", "regression"]
+SequenceTask = Literal["classification", "regression", "frame_classification", "frame_regression"]
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read an ``.npz`` holding ``features`` (concatenated ``(total_frames, F)``) with ``lengths``
-    (frames per sequence), or equal-length sequences ``(N, T, F)``; ``labels``; and optional
-    ``groups`` (speakers, subjects, ...) and ``splits`` (train/val/test).
+    (frames per sequence), or equal-length sequences ``(N, T, F)``; ``labels`` (one per sequence)
+    and/or per-step ``targets`` laid out like the features (``(total_frames[, D])`` or
+    ``(N, T[, D])``); and optional ``groups`` (speakers, subjects, ...) and ``splits``.
 
     Nothing in the file is unpickled: an archive of object arrays (ragged sequences saved as a
     list) is refused with the conversion to make (:func:`save_npz` writes the safe layout).
@@ -46,9 +47,10 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         ) from None
     except (OSError, EOFError) as error:
         raise UserInputError(f"{path}: not a readable .npz archive ({error})") from None
-    for key in ("features", "labels"):
-        if key not in arrays:
-            raise UserInputError(f"{path}: no {key!r} array (found {sorted(arrays)})")
+    if "features" not in arrays:
+        raise UserInputError(f"{path}: no 'features' array (found {sorted(arrays)})")
+    if "labels" not in arrays and "targets" not in arrays:
+        raise UserInputError(f"{path}: no 'labels' (one per sequence) or 'targets' (one per step) array")
     features = arrays["features"]
     if "lengths" not in arrays:
         if features.ndim != 3:
@@ -57,6 +59,12 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 "with a lengths array, or equal-length sequences as (N, T, F)"
             )
         arrays["features"] = list(features)
+        if "targets" in arrays:
+            if arrays["targets"].shape[:2] != features.shape[:2]:
+                raise UserInputError(
+                    f"{path}: targets of shape {arrays['targets'].shape} for features {features.shape}"
+                )
+            arrays["targets"] = list(arrays["targets"])
         return arrays
     lengths = np.asarray(arrays["lengths"])
     if features.ndim != 2:
@@ -67,17 +75,24 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if offsets[-1] != len(features):
         raise UserInputError(f"{path}: lengths sum to {offsets[-1]} but features has {len(features)} frames")
     arrays["features"] = [features[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    if "targets" in arrays:
+        targets = arrays["targets"]
+        if len(targets) != len(features):
+            raise UserInputError(f"{path}: targets has {len(targets)} steps but features has {len(features)} frames")
+        arrays["targets"] = [targets[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     return arrays
 
 
 def save_npz(
     path: str | os.PathLike,
     sequences: Sequence[np.ndarray],
-    labels: Sequence,
+    labels: Sequence | None = None,
     groups: Sequence[str] | None = None,
     splits: Sequence[str] | None = None,
+    targets: Sequence[np.ndarray] | None = None,
 ) -> Path:
-    """Write ``(T_i, F)`` sequences in the layout :func:`load_npz` reads (no object arrays), atomically."""
+    """Write ``(T_i, F)`` sequences with labels and/or per-step ``(T_i[, D])`` targets in the layout
+    :func:`load_npz` reads (no object arrays), atomically."""
     import io
 
     from speechrnn.io import atomic_write_bytes
@@ -85,8 +100,11 @@ def save_npz(
     arrays = {
         "features": np.concatenate([np.asarray(s, dtype=np.float32) for s in sequences]),
         "lengths": np.array([len(s) for s in sequences], dtype=np.int64),
-        "labels": np.asarray(labels),
     }
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels)
+    if targets is not None:
+        arrays["targets"] = np.concatenate([np.asarray(t) for t in targets])
     if groups is not None:
         arrays["groups"] = np.asarray(groups, dtype=str)
     if splits is not None:
@@ -100,7 +118,9 @@ class SequenceDataModule(SequenceDataModuleBase):
     """Variable-length feature sequences ``(T_i, F)`` with labels, from an ``.npz`` file or arrays.
 
     ``task="regression"`` turns labels into float targets for many-to-one regression (e.g. the
-    next value of a series); the model's task follows the DataModule's.
+    next value of a series). ``frame_classification`` (integer class indices ``0..C-1``) and
+    ``frame_regression`` (values, ``(T_i,)`` or ``(T_i, D)``) read per-step ``targets`` instead: one
+    per frame, padded in batches like the features. The model's task follows the DataModule's.
     """
 
     def __init__(
@@ -113,13 +133,14 @@ class SequenceDataModule(SequenceDataModuleBase):
         """
         Args:
             path: ``.npz`` file (see :func:`load_npz`); use :meth:`from_arrays` from Python.
-            task: ``classification`` (labels are classes) or ``regression`` (labels are numbers).
+            task: ``classification`` (labels are classes) or ``regression`` (labels are numbers) of
+                whole sequences; ``frame_classification`` / ``frame_regression``: per-step targets.
             normalize: Standardise each feature with mean and deviation of the training split.
             **kwargs: Batching and split options of :class:`SequenceDataModuleBase`.
         """
         super().__init__(**kwargs)
-        if task not in ("classification", "regression"):
-            raise ValueError(f"task must be classification or regression, got {task!r}")
+        if task not in get_args(SequenceTask):
+            raise ValueError(f"task must be one of {', '.join(get_args(SequenceTask))}, got {task!r}")
         self.path = path
         self._task = task
         self.normalize = normalize
@@ -129,14 +150,20 @@ class SequenceDataModule(SequenceDataModuleBase):
     def from_arrays(
         cls,
         sequences: Sequence[np.ndarray],
-        labels: Sequence,
+        labels: Sequence | None = None,
         groups: Sequence[str] | None = None,
         splits: Sequence[str] | None = None,
+        targets: Sequence[np.ndarray] | None = None,
         **kwargs,
     ) -> SequenceDataModule:
-        """Build from in-memory ``(T_i, F)`` arrays and labels (and optional groups and splits)."""
+        """Build from in-memory ``(T_i, F)`` arrays with labels or per-step ``(T_i[, D])`` targets
+        (and optional groups and splits)."""
         datamodule = cls(**kwargs)
-        arrays = {"features": list(sequences), "labels": np.asarray(labels)}
+        arrays: dict[str, Any] = {"features": list(sequences)}
+        if labels is not None:
+            arrays["labels"] = np.asarray(labels)
+        if targets is not None:
+            arrays["targets"] = [np.asarray(t) for t in targets]
         if groups is not None:
             arrays["groups"] = np.asarray(groups)
         if splits is not None:
@@ -165,12 +192,30 @@ class SequenceDataModule(SequenceDataModuleBase):
         return widths.most_common(1)[0][0]
 
     @property
+    def per_step(self) -> bool:
+        return self._task.startswith("frame_")
+
+    @property
     def class_names(self) -> list[str]:
-        return ["value"] if self._task == "regression" else super().class_names
+        if self._task == "regression":
+            return ["value"]
+        if self._task == "frame_regression":
+            dims = int(np.prod(np.shape(self.step_targets[0])[1:]))
+            return ["value"] if dims == 1 else [f"value{i}" for i in range(dims)]
+        if self._task == "frame_classification":
+            return [str(i) for i in range(int(max(int(t.max()) for t in self.step_targets if len(t))) + 1)]
+        return super().class_names
 
     @property
     def num_classes(self) -> int:
-        return 1 if self._task == "regression" else len(self.class_names)
+        return len(self.class_names)
+
+    @property
+    def step_targets(self) -> list[np.ndarray]:
+        """The per-step targets of every sequence (``frame_*`` tasks)."""
+        if "targets" not in self.arrays:
+            raise UserInputError(f"SequenceDataModule: task {self._task} needs per-step 'targets' in the data")
+        return self.arrays["targets"]
 
     def use_dataset_stats(self) -> bool:
         return self.normalize
@@ -178,14 +223,17 @@ class SequenceDataModule(SequenceDataModuleBase):
     def load_records(self) -> list[Record]:
         arrays = self.arrays
         count = len(arrays["features"])
-        for key in ("labels", "groups", "splits"):
+        for key in ("labels", "targets", "groups", "splits"):
             if key in arrays and len(arrays[key]) != count:
                 raise ValueError(f"{key} has {len(arrays[key])} entries for {count} sequences")
+        if not self.per_step and "labels" not in arrays:
+            raise UserInputError(f"SequenceDataModule: task {self._task} needs one label per sequence ('labels')")
         groups, splits = arrays.get("groups"), arrays.get("splits")
+        labels = arrays["labels"] if not self.per_step else ["steps"] * count
         return [
             Record(
                 source=f"sequence-{i}",
-                label=str(arrays["labels"][i]),
+                label=str(labels[i]),
                 speaker=None if groups is None else str(groups[i]),
                 split=None if splits is None else str(splits[i]),
             )
@@ -202,15 +250,29 @@ class SequenceDataModule(SequenceDataModuleBase):
                 )
             if not np.isfinite(sequence).all():
                 raise ValueError(f"sequence {i}: contains NaN or infinite values")
+        if self.per_step:
+            for i, (sequence, target) in enumerate(zip(sequences, self.step_targets, strict=True)):
+                if len(target) != len(sequence):
+                    raise ValueError(f"sequence {i}: {len(target)} targets for {len(sequence)} frames")
+                if self._task == "frame_classification" and (
+                    not np.issubdtype(np.asarray(target).dtype, np.integer) or (np.asarray(target) < 0).any()
+                ):
+                    raise ValueError(f"sequence {i}: frame_classification targets must be class indices 0..C-1")
         return ConcatenatedFeatureStore.from_arrays(sequences), list(range(len(records)))
 
     def targets(self) -> np.ndarray:
+        if self.per_step:
+            dtype = np.int64 if self._task == "frame_classification" else np.float32
+            steps = np.empty(len(self.store_records), dtype=object)  # ragged: one array per sequence
+            for position, record in enumerate(self.store_records):
+                steps[position] = np.asarray(self.step_targets[record], dtype=dtype)
+            return steps
         if self._task == "regression":
             return np.asarray(self.arrays["labels"], dtype=np.float32)[self.store_records]
         return super().targets()
 
     def _check_splits(self) -> None:
-        if self._task == "regression":
+        if self._task != "classification":
             for split in self.required_splits:
                 if len(self.splits[split]) == 0:
                     raise UserInputError(f"SequenceDataModule: the {split} split has no data")

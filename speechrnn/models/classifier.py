@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pytorch_lightning as pl
 import torch
@@ -15,8 +15,21 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from speechrnn.io import checkpoint_errors
 from speechrnn.models.network import SequenceClassifierNet
+from speechrnn.padding import PADDED_CLASS, lengths_mask
 
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "frame_classification", "frame_regression"]
+TASKS: tuple[str, ...] = get_args(Task)
+
+
+def is_per_step(task: str) -> bool:
+    """Whether ``task`` has one output per time step (``frame_*``) rather than one per sequence."""
+    return task.startswith("frame_")
+
+
+def is_classification(task: str) -> bool:
+    return task in ("classification", "frame_classification")
+
+
 Scheduler = Literal["onecycle", "cosine", "none"]
 
 
@@ -24,7 +37,7 @@ def output_activation(outputs: torch.Tensor, task: str) -> torch.Tensor:
     """Outputs as the model reports them: class probabilities (softmax, float32) for
     classification, the raw float32 outputs for regression."""
     outputs = outputs.float()
-    return outputs.softmax(-1) if task == "classification" else outputs
+    return outputs.softmax(-1) if is_classification(task) else outputs
 
 
 class RNNClassifier(pl.LightningModule):
@@ -56,7 +69,10 @@ class RNNClassifier(pl.LightningModule):
             input_size: Feature size per frame (linked from the DataModule's ``feature_dim``).
             num_classes: Number of classes (linked from the DataModule); outputs for regression.
             dropout: Dropout between recurrent layers and before the head.
-            task: ``classification`` (cross-entropy) or ``regression`` (mean squared error).
+            task: ``classification`` (cross-entropy) or ``regression`` (mean squared error) of
+                whole sequences; ``frame_classification`` / ``frame_regression`` give one output
+                per time step, with the loss and metrics over valid frames only (linked from the
+                DataModule's ``task``).
             lr: Peak learning rate of AdamW.
             weight_decay: AdamW weight decay (not applied to biases and norms).
             label_smoothing: Cross-entropy label smoothing.
@@ -70,14 +86,14 @@ class RNNClassifier(pl.LightningModule):
                 :class:`~speechrnn.models.network.SequenceClassifierNet`.
         """
         super().__init__()
-        if task not in ("classification", "regression"):
-            raise ValueError(f"task must be classification or regression, got {task!r}")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         if scheduler not in ("onecycle", "cosine", "none"):
             raise ValueError(f"scheduler must be onecycle, cosine or none, got {scheduler!r}")
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"class_weights has {len(class_weights)} entries for {num_classes} classes")
         self.save_hyperparameters()
-        self.net = SequenceClassifierNet(input_size, num_classes, dropout=dropout, **net)
+        self.net = SequenceClassifierNet(input_size, num_classes, dropout=dropout, per_step=is_per_step(task), **net)
         self.data_config: dict[str, Any] = {"class_names": class_names}
         if class_weights is not None:
             self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
@@ -95,7 +111,7 @@ class RNNClassifier(pl.LightningModule):
             return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
 
     def _make_metrics(self, stage: str) -> MetricCollection:
-        if self.hparams.task == "regression":
+        if not is_classification(self.hparams.task):
             metrics = {"mae": MeanAbsoluteError(), "mse": MeanSquaredError()}
         else:
             n = self.hparams.num_classes
@@ -112,17 +128,27 @@ class RNNClassifier(pl.LightningModule):
             return (moved[0], batch[1], *moved[1:])
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.hparams.task == "regression":
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean loss over sequences, or, for per-step tasks, over the valid frames of the batch
+        (padding never counts: class targets there are ``PADDED_CLASS``, values are masked)."""
+        task = self.hparams.task
+        if task == "regression":
             return F.mse_loss(outputs.float().squeeze(-1), targets.float().view(outputs.shape[0], -1).squeeze(-1))
+        if task == "frame_regression":
+            if lengths is None:
+                raise ValueError("per-step regression needs the lengths")
+            valid = lengths_mask(lengths, outputs.shape[1], outputs.device)
+            return F.mse_loss(outputs.float()[valid], targets.float().view(*outputs.shape)[valid])
+        logits = outputs.float().transpose(1, 2) if task == "frame_classification" else outputs.float()
         return F.cross_entropy(
-            outputs.float(), targets, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
-        )
+            logits, targets, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing,
+            ignore_index=PADDED_CLASS,
+        )  # fmt: skip
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         features, lengths, targets = batch[:3]
         outputs = self(features, lengths)
-        loss = self.loss(outputs, targets)
+        loss = self.loss(outputs, targets, lengths)
         batch_size = features.shape[0]
         self.log(
             f"{stage}/loss",
@@ -134,8 +160,15 @@ class RNNClassifier(pl.LightningModule):
             sync_dist=stage != "train",
         )
         metrics = getattr(self, f"{stage}_metrics")
-        predictions = outputs.float().squeeze(-1) if self.hparams.task == "regression" else outputs
-        metrics.update(predictions, targets.float() if self.hparams.task == "regression" else targets)
+        task = self.hparams.task
+        if is_per_step(task):  # every valid frame is one example
+            valid = lengths_mask(lengths, outputs.shape[1], outputs.device)
+            outputs, targets = outputs[valid], targets.reshape(*outputs.shape[:2], -1)[valid]
+            targets = targets.squeeze(-1) if task == "frame_classification" else targets
+        if is_classification(task):
+            metrics.update(outputs, targets)
+        else:
+            metrics.update(outputs.float().reshape(-1), targets.float().reshape(-1))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
         return loss
 
@@ -151,7 +184,7 @@ class RNNClassifier(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         features, lengths = batch[0], batch[1]
         outputs = self(features, lengths).float()
-        result = {"outputs": outputs if self.hparams.task == "regression" else outputs.softmax(-1)}
+        result = {"outputs": output_activation(outputs, self.hparams.task)}
         if len(batch) > 3:
             result["indices"] = batch[3]
         return result

@@ -10,7 +10,8 @@ from speechrnn.models.pooling import Pooling, SequencePooling
 
 
 class SequenceClassifierNet(nn.Module):
-    """Many-to-one recurrent network: ``(features (B, T, F), lengths (B,)) -> outputs (B, num_outputs)``.
+    """Many-to-one recurrent network: ``(features (B, T, F), lengths (B,)) -> outputs (B, num_outputs)``
+    (or many-to-many, ``(B, T, num_outputs)``, with ``per_step``).
 
     With ``pooling="last"`` and one vanilla layer this is exactly the textbook model
     ``h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h)``, ``y = W_hy h_T + b_y`` (see ``RecurrentEncoder``).
@@ -30,6 +31,7 @@ class SequenceClassifierNet(nn.Module):
         input_norm: bool = False,
         packed: bool = False,
         fused: Fused = "auto",
+        per_step: bool = False,
     ) -> None:
         """
         Args:
@@ -48,6 +50,9 @@ class SequenceClassifierNet(nn.Module):
                 full-length batches on a GPU, all layers in one cuDNN call), equal to the
                 per-module path up to rounding; ``off``: PyTorch's modules one layer and direction
                 at a time, e.g. to compare or to debug.
+            per_step: One output per time step, ``(B, T, num_outputs)`` (the head applied to every
+                frame; ``pooling`` unused), instead of one per sequence. Frames past a sequence's
+                end carry the head's bias alone: mask them.
         """
         super().__init__()
         self.input_norm = nn.LayerNorm(input_size) if input_norm else nn.Identity()
@@ -57,7 +62,8 @@ class SequenceClassifierNet(nn.Module):
         self.pooling = SequencePooling(pooling, self.encoder.output_size, self.encoder.num_directions)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.encoder.output_size, num_outputs)
+        self.per_step = per_step
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         outputs, _ = self.encoder(self.input_norm(features), lengths)
-        return self.head(self.dropout(self.pooling(outputs, lengths)))
+        return self.head(self.dropout(outputs if self.per_step else self.pooling(outputs, lengths)))

@@ -71,6 +71,6 @@ def test_bad_sequences_are_named(tmp_path: Path) -> None:
     dm = SequenceDataModule.from_arrays(bad, [0, 1], val_fraction=0, test_fraction=0)
     with pytest.raises(ValueError, match="sequence 1: contains NaN"):
         dm.setup("fit")
-    with pytest.raises(ValueError, match="no 'labels' array"):
+    with pytest.raises(ValueError, match=r"no 'labels' \(one per sequence\) or 'targets'"):
         np.savez(tmp_path / "nolabels.npz", features=np.ones((3, 2)), lengths=[3])
         _ = SequenceDataModule(path=tmp_path / "nolabels.npz").records
