@@ -9,11 +9,13 @@ from speechrnn.data.sampler import BucketBatchSampler
 from speechrnn.data.sequences import SequenceDataModule
 from speechrnn.data.speech_commands import SpeechCommandsDataModule
 from speechrnn.data.synthetic import SyntheticCommandsDataModule
+from speechrnn.data.text import CharTextDataModule
 
 __all__ = [
     "AudioDataModule",
     "AudioFolderDataModule",
     "BucketBatchSampler",
+    "CharTextDataModule",
     "FSDDDataModule",
     "FeatureStore",
     "MemmapFeatureCache",
