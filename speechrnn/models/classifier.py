@@ -62,6 +62,7 @@ class RNNClassifier(pl.LightningModule):
         scheduler: Scheduler = "onecycle",
         warmup_fraction: float = 0.1,
         class_names: list[str] | None = None,
+        tbptt_steps: int | None = None,
         **net: Any,
     ) -> None:
         """
@@ -81,6 +82,10 @@ class RNNClassifier(pl.LightningModule):
                 then cosine decay) or ``none``.
             warmup_fraction: Fraction of training steps spent warming up.
             class_names: Label names in class-index order (linked from the DataModule).
+            tbptt_steps: Truncated backpropagation through time for per-step tasks: training reads
+                each batch in chunks of this many steps, carrying the recurrent state from chunk to
+                chunk but detaching it, so no gradient flows across a chunk boundary (one optimiser
+                step per batch). Needs a unidirectional model. None: through the whole sequence.
             **net: The network's architecture (``cell``, ``hidden_size``, ``num_layers``,
                 ``bidirectional``, ``pooling``, ``input_norm``, ``packed``, ``fused``): see
                 :class:`~speechrnn.models.network.SequenceClassifierNet`.
@@ -92,6 +97,11 @@ class RNNClassifier(pl.LightningModule):
             raise ValueError(f"scheduler must be onecycle, cosine or none, got {scheduler!r}")
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"class_weights has {len(class_weights)} entries for {num_classes} classes")
+        if tbptt_steps is not None and (tbptt_steps < 1 or not is_per_step(task) or net.get("bidirectional", True)):
+            raise ValueError(
+                f"tbptt_steps={tbptt_steps} needs a per-step task (frame_*), a unidirectional model "
+                "(--model.bidirectional false) and a value >= 1"
+            )
         self.save_hyperparameters()
         self.net = SequenceClassifierNet(input_size, num_classes, dropout=dropout, per_step=is_per_step(task), **net)
         self.data_config: dict[str, Any] = {"class_names": class_names}
@@ -145,9 +155,29 @@ class RNNClassifier(pl.LightningModule):
             ignore_index=PADDED_CLASS,
         )  # fmt: skip
 
+    def forward_truncated(self, features: torch.Tensor, lengths: torch.Tensor, steps: int) -> torch.Tensor:
+        """Per-step outputs computed chunk by chunk (``steps`` frames each), the recurrent state
+        carried across chunks and detached there: the same values as :meth:`forward`, with gradients
+        truncated at every chunk boundary."""
+        net = self.net
+        x, states, encoded = net.input_norm(features), None, []
+        for start in range(0, x.shape[1], steps):
+            chunk = x[:, start : start + steps]
+            # a sequence that has ended reads one padded frame: its outputs there are masked anyway
+            chunk_lengths = (lengths.cpu() - start).clamp(1, chunk.shape[1])
+            outputs, states = net.encoder(chunk, chunk_lengths, states=states, return_states=True)
+            states = [tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach() for s in states]
+            encoded.append(outputs)
+        outputs = torch.cat(encoded, dim=1) * lengths_mask(lengths, x.shape[1], x.device).unsqueeze(-1)
+        return net.head(net.dropout(outputs))
+
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         features, lengths, targets = batch[:3]
-        outputs = self(features, lengths)
+        steps = self.hparams.get("tbptt_steps")
+        if stage == "train" and steps:
+            outputs = self.forward_truncated(features, lengths, steps)
+        else:
+            outputs = self(features, lengths)
         loss = self.loss(outputs, targets, lengths)
         batch_size = features.shape[0]
         self.log(

@@ -96,8 +96,11 @@ def sign_runs(count: int, rng: np.random.Generator) -> tuple[list[np.ndarray], l
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["frame_classification", "frame_regression"])
-def test_per_step_tasks_train_through_the_cli(task: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "task,extra", [("frame_classification", []), ("frame_regression", []),
+                   ("frame_classification", ["--model.tbptt_steps", "5"])],
+)  # fmt: skip
+def test_per_step_tasks_train_through_the_cli(task: str, extra: list[str], tmp_path: Path) -> None:
     sequences, classes, values = sign_runs(240, np.random.default_rng(1))
     targets = classes if task == "frame_classification" else values
     path = save_npz(tmp_path / "steps.npz", sequences, targets=targets)
@@ -105,10 +108,43 @@ def test_per_step_tasks_train_through_the_cli(task: str, tmp_path: Path) -> None
         "--data", "SequenceDataModule", "--data.path", str(path), "--data.task", task, "--data.batch_size", "16",
         "--model.hidden_size", "32", "--model.bidirectional", "false", "--trainer.max_epochs", "12",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
+        "--trainer.enable_model_summary", "false", *extra,
     ])  # fmt: skip
     if task == "frame_classification":
         assert metrics["test/acc"] >= 0.9  # the majority class is about 0.5
     else:
         variance = float(np.var(np.concatenate(values)))
         assert metrics["test/mse"] < 0.2 * variance, (metrics, variance)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_truncated_bptt_carries_the_state_and_cuts_only_the_gradient(cell: str) -> None:
+    torch.manual_seed(0)
+    model = RNNClassifier(
+        4, 3, task="frame_classification", cell=cell, hidden_size=8, dropout=0.0, bidirectional=False, tbptt_steps=2
+    ).train()
+    x, lengths, targets, _ = ragged_batch("frame_classification")
+    x = x.clone().requires_grad_(True)
+
+    def run(outputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        loss = model.loss(outputs, targets, lengths)
+        return loss, torch.autograd.grad(loss, [x, *model.parameters()])
+
+    whole, whole_grads = run(model(x, lengths))
+    covering, covering_grads = run(model.forward_truncated(x, lengths, steps=max(LENGTHS)))
+    torch.testing.assert_close(covering, whole)  # one chunk covering the sequence: plain BPTT
+    for got, want in zip(covering_grads, whole_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+    truncated = model.forward_truncated(x, lengths, steps=2)
+    valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+    torch.testing.assert_close(truncated[valid], model(x, lengths)[valid], rtol=1e-5, atol=1e-5)  # same values
+    (late,) = torch.autograd.grad(truncated[0, 6].sum(), [x])  # frame 6 lies in the fourth chunk
+    assert late[0, :6].abs().sum() == 0 and late[0, 6].abs().sum() > 0  # nothing flows past its chunk
+
+
+def test_truncated_bptt_needs_a_causal_per_step_model() -> None:
+    with pytest.raises(ValueError, match="tbptt_steps"):
+        RNNClassifier(4, 3, task="frame_classification", tbptt_steps=4)  # bidirectional by default
+    with pytest.raises(ValueError, match="tbptt_steps"):
+        RNNClassifier(4, 3, task="classification", bidirectional=False, tbptt_steps=4)
