@@ -170,7 +170,11 @@ class FSDDDataModule(AudioDataModule):
     def scan(self) -> list[tuple[Path, str, str, int]]:
         """``(path, digit, speaker, index)`` of every recording in ``root``, sorted by file name."""
         if not self.root.is_dir():
-            hint = "" if self.download else " (download=True fetches it)"
+            hint = (
+                ""
+                if self.download
+                else (" (--data.download true fetches it, or point SPEECHRNN_DATA at a folder holding fsdd/recordings)")
+            )
             raise MissingInputError(f"{self.root}: FSDD recordings folder not found{hint}")
         found = []
         for path in sorted(self.root.iterdir()):
