@@ -173,7 +173,7 @@ class FSDDDataModule(AudioDataModule):
             hint = (
                 ""
                 if self.download
-                else (" (--data.download true fetches it, or point SPEECHRNN_DATA at a folder holding fsdd/recordings)")
+                else (" (download=True fetches it, or point SPEECHRNN_DATA at a folder holding fsdd/recordings)")
             )
             raise MissingInputError(f"{self.root}: FSDD recordings folder not found{hint}")
         found = []
