@@ -145,3 +145,12 @@ def test_whole_stack_kernel_equals_the_padded_path_on_full_length_batches(cell: 
     torch.testing.assert_close(stacked, reference, rtol=1e-6, atol=1e-6)
     for got, want in zip([x.grad, *(p.grad for p in encoder.parameters())], expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_forget_gates_start_open() -> None:
+    encoder = RecurrentEncoder(6, 8, num_layers=2, cell="lstm", bidirectional=True)
+    for directions in encoder.layers:
+        for lstm in directions:  # PyTorch's gate order: input, forget, cell, output
+            forget = lstm.bias_ih_l0[8:16] + lstm.bias_hh_l0[8:16]
+            assert torch.equal(forget, torch.ones(8))
+            assert not torch.equal(lstm.bias_ih_l0[:8], torch.zeros(8))  # the other gates keep PyTorch's init
