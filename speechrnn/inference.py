@@ -1,5 +1,5 @@
-"""From a checkpoint to probabilities: the one inference graph that :class:`Predictor`, ``evaluate``
-and ``export`` share, with exactly the feature settings and statistics the model was trained on.
+"""From a checkpoint to probabilities: the one inference graph that :class:`Predictor` runs and
+``export`` writes, with exactly the feature settings and statistics the model was trained on.
 
 - :class:`FeatureClassifier`: dataset normalisation, network, output activation;
   ``(features (B, T, F), lengths (B,) frames) -> (B, C)``.
@@ -148,8 +148,6 @@ class Predictor:
     """
 
     def __init__(self, model: RNNClassifier, device: str | torch.device = "cpu") -> None:
-        if not model.data_config.get("features"):
-            raise ValueError("this checkpoint has no audio feature settings (it was trained on feature sequences)")
         self.device = torch.device(device)
         self.classifier = WaveformClassifier.from_model(model.to(self.device).eval())
         self.settings = self.classifier.settings

@@ -96,7 +96,7 @@ class CharTextDataModule(SequenceDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        return sorted(set(self.text))
+        return self.arrays["vocabulary"]
 
     @property
     def arrays(self) -> dict[str, Any]:
@@ -105,6 +105,7 @@ class CharTextDataModule(SequenceDataModule):
         return self._arrays
 
     def _chunk(self, text: str) -> dict[str, Any]:
+        """Chunks, next-character targets, contiguous splits and the sorted vocabulary of ``text``."""
         vocabulary = sorted(set(text))
         index_of = {char: i for i, char in enumerate(vocabulary)}
         codes = np.array([index_of[char] for char in text], dtype=np.int64)
@@ -124,6 +125,7 @@ class CharTextDataModule(SequenceDataModule):
             "features": [one_hot(chunk, len(vocabulary)) for chunk in inputs],
             "targets": targets,
             "splits": np.array(splits),
+            "vocabulary": vocabulary,
         }
 
     def decode(self, indices: Any) -> str:
