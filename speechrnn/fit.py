@@ -16,6 +16,7 @@ from speechrnn.cli import SpeechRNNCLI, check_trainer_plan
 from speechrnn.data.base import SPLITS
 from speechrnn.errors import checked_options, run_entry_point
 from speechrnn.io import atomic_write_json
+from speechrnn.models.classifier import is_classification, is_per_step
 from speechrnn.reports import report_split
 
 
@@ -62,11 +63,15 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         atomic_write_json(
             folder / "test_metrics.json", {"checkpoint": best or None, "metrics": metrics, "timing": timing}
         )
-        if model.hparams.task == "classification":
+        if is_classification(model.hparams.task):
             device = trainer.strategy.root_device
             extra = {"checkpoint": best, "validation": datamodule.validation}
             report = report_split(model, datamodule, "test", folder / "report_test", device, extra)
-            print(f"test accuracy {report['accuracy']:.4f}; report in {folder / 'report_test'}")
+            if is_per_step(model.hparams.task):
+                summary = f"frame accuracy {report['accuracy']:.4f}, {report['bits_per_step']:.3f} bits per step"
+            else:
+                summary = f"accuracy {report['accuracy']:.4f}"
+            print(f"test {summary}; report in {folder / 'report_test'}")
         print(f"run folder: {folder}")
     end_distributed(trainer)
     return metrics

@@ -7,7 +7,8 @@
   ``(waveforms (B, S) at sample_rate, lengths (B,) samples) -> (B, C)``. Every stage is masked by
   the lengths, so each clip of a zero-padded batch gets what it gets alone.
 - :class:`Predictor`: files and waveforms of any rate and channel count -> label probabilities.
-- :func:`predict_split`: a DataModule's split through the training path's features -> probabilities.
+- :func:`predict_split`: a DataModule's split through the training path's features -> probabilities
+  (per clip, or per frame for per-step tasks).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 from speechrnn.audio import AudioError, read_audio, resample, to_mono
 from speechrnn.data.base import SequenceDataModuleBase, Split
 from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
-from speechrnn.models.classifier import RNNClassifier, output_activation
+from speechrnn.models.classifier import RNNClassifier, is_per_step, output_activation
 from speechrnn.models.network import SequenceClassifierNet
 
 
@@ -183,20 +184,35 @@ class Predictor:
 @torch.inference_mode()
 def predict_split(
     model: RNNClassifier, datamodule: SequenceDataModuleBase, split: Split, device: str | torch.device = "cpu"
-) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None]]:
-    """Targets ``(N,)``, probabilities ``(N, C)``, sources and speakers of every example in ``split``."""
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None], np.ndarray | None]:
+    """Targets, probabilities, sources and speakers of every example in ``split``, and the number of
+    frames of each when the task is per step.
+
+    Whole-sequence tasks: targets ``(N,)`` and probabilities ``(N, C)``, lengths None. Per-step
+    tasks: the valid frames of every sequence, concatenated in order (targets ``(sum T_i,)``,
+    probabilities ``(sum T_i, C)``), and lengths ``(N,)`` to tell the sequences apart.
+    """
     datamodule.setup("test")
     model = model.to(device).eval()
-    outputs, indices = [], []
+    per_step = is_per_step(model.hparams.task)
+    outputs: list[torch.Tensor] = []
+    indices, frame_counts = [], []
     for batch in datamodule.dataloader(split, shuffle=False, shard=False):
         features, lengths, *_ = datamodule.featurize((batch[0].to(device, non_blocking=True), *batch[1:]))
-        outputs.append(output_activation(model(features, lengths), model.hparams.task).cpu())
+        probabilities = output_activation(model(features, lengths), model.hparams.task).cpu()
+        if per_step:
+            outputs.extend(p[:n] for p, n in zip(probabilities, lengths.tolist(), strict=True))
+            frame_counts.append(lengths.cpu())
+        else:
+            outputs.append(probabilities)
         indices.append(batch[3])
-    probabilities = torch.cat(outputs).numpy()
     indices = torch.cat(indices).numpy()
     targets = datamodule.targets()[indices]
+    if per_step:
+        targets = np.concatenate([np.asarray(t) for t in targets])
     records = [datamodule.record_of(int(i)) for i in indices]
-    return targets, probabilities, [r.source for r in records], [r.speaker for r in records]
+    lengths_out = torch.cat(frame_counts).numpy() if per_step else None
+    return targets, torch.cat(outputs).numpy(), [r.source for r in records], [r.speaker for r in records], lengths_out
 
 
 __all__ = ["AudioError", "FeatureClassifier", "Predictor", "WaveformClassifier", "predict_split"]

@@ -3,6 +3,9 @@
 :func:`write_report` writes, atomically, into one folder: ``report.md`` (readable summary),
 ``report.json`` (every number), ``classification_report.txt`` (per-class precision, recall, F1,
 support), ``confusion_matrix.csv`` and ``.png`` (row-normalised) and ``predictions.csv``.
+Per-step tasks (voice activity, a character model) are scored over every valid frame, with
+``predictions.csv`` giving each sequence's frame accuracy and ``bits_per_step`` the cross-entropy
+in bits (bits per character for a character model).
 """
 
 from __future__ import annotations
@@ -123,12 +126,62 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title:
     return buffer.getvalue()
 
 
+def plot_voice_activity(
+    waveform: np.ndarray,
+    sample_rate: int,
+    truth: np.ndarray,
+    speech_probability: np.ndarray,
+    hop_seconds: float,
+    title: str = "",
+) -> bytes:
+    """PNG of one clip: its waveform, the true speech frames and the predicted speech probability
+    (frames at or above 0.5 count as speech), on one time axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (wave_axes, frame_axes) = plt.subplots(
+        2, 1, figsize=(9, 4.2), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
+    wave_axes.plot(np.arange(len(waveform)) / sample_rate, waveform, color="0.35", linewidth=0.5)
+    times = np.arange(len(truth)) * hop_seconds
+    for row, (frames, colour, name) in enumerate(
+        [(truth == 1, "tab:green", "true speech"), (speech_probability >= 0.5, "tab:orange", "predicted speech")]
+    ):
+        wave_axes.fill_between(
+            times, -1.05 - 0.12 * row, -0.95 - 0.12 * row, where=frames, step="mid", color=colour, label=name
+        )
+    wave_axes.set_ylim(-1.35, 1.05)
+    wave_axes.set_ylabel("amplitude")
+    wave_axes.legend(loc="upper right", fontsize=8)
+    wave_axes.set_title(title or "voice activity")
+    frame_axes.step(times, truth, where="mid", color="tab:green", label="truth")
+    frame_axes.plot(times, speech_probability, color="tab:orange", label="P(speech)")
+    frame_axes.axhline(0.5, color="0.6", linewidth=0.6, linestyle="--")
+    frame_axes.set_ylim(-0.05, 1.05)
+    frame_axes.set_xlabel("time (s)")
+    frame_axes.set_ylabel("speech")
+    frame_axes.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 def _markdown(metrics: dict[str, Any], title: str) -> str:
-    lines = [f"# {title}", "", f"{metrics['examples']} examples, {len(metrics['class_names'])} classes.", ""]
+    counted = f"{metrics['examples']} examples"
+    if "sequences" in metrics:
+        counted = f"{metrics['examples']} frames of {metrics['sequences']} sequences"
+    lines = [f"# {title}", "", f"{counted}, {len(metrics['class_names'])} classes.", ""]
     if metrics.get("validation"):
         lines += [f"Validation during training: {metrics['validation']}.", ""]
     lines += ["| metric | value |", "|---|---:|"]
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "cohen_kappa", "log_loss", "expected_calibration_error"):
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "cohen_kappa", "log_loss", "bits_per_step")
+    for key in (*keys, "expected_calibration_error"):
+        if key not in metrics:
+            continue
         lines.append(f"| {key.replace('_', ' ')} | {metrics[key]:.4f} |")
     if metrics["top_confusions"]:
         lines += ["", "## Most frequent confusions", "", "| true | predicted | count | rate |", "|---|---|---:|---:|"]
@@ -152,13 +205,26 @@ def write_report(
     speakers: Sequence[str | None] | None = None,
     title: str = "Evaluation report",
     extra: dict[str, Any] | None = None,
+    frames: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Compute the metrics and write every report file into ``out_dir``; returns the metrics."""
+    """Compute the metrics and write every report file into ``out_dir``; returns the metrics.
+
+    ``frames`` (per-step tasks): the number of frames of each sequence, whose targets and
+    probabilities are concatenated in ``targets`` / ``probabilities``; ``paths`` and ``speakers``
+    are then per sequence.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     targets = np.asarray(targets)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    metrics = compute_metrics(targets, probabilities, class_names, speakers)
+    if frames is not None and speakers is not None:
+        speakers_of_frames: Sequence[str | None] | None = list(np.repeat(np.asarray(speakers, dtype=object), frames))
+    else:
+        speakers_of_frames = speakers
+    metrics = compute_metrics(targets, probabilities, class_names, speakers_of_frames)
+    if frames is not None:
+        metrics["sequences"] = len(frames)
+        metrics["bits_per_step"] = float(metrics["log_loss"] / np.log(2))
     metrics.update(extra or {})
     atomic_write_json(out / "report.json", metrics)
     atomic_write_text(out / "report.md", _markdown(metrics, title))
@@ -176,6 +242,9 @@ def write_report(
     writer.writerows([[name, *row] for name, row in zip(class_names, matrix.tolist(), strict=True)])
     atomic_write_text(out / "confusion_matrix.csv", table.getvalue())
     atomic_write_bytes(out / "confusion_matrix.png", plot_confusion_matrix(matrix, class_names, title))
+    if frames is not None:
+        atomic_write_text(out / "predictions.csv", _sequence_table(targets, probabilities, frames, paths, speakers))
+        return metrics
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["path", "true_label", "predicted_label", "probability", "speaker"])
@@ -192,6 +261,29 @@ def write_report(
     return metrics
 
 
+def _sequence_table(
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    frames: Sequence[int],
+    paths: Sequence[str] | None,
+    speakers: Sequence[str | None] | None,
+) -> str:
+    """``predictions.csv`` of a per-step task: one row per sequence with its frame accuracy."""
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["path", "frames", "frame_accuracy", "speaker"])
+    correct = probabilities.argmax(1) == targets
+    ends = np.cumsum(frames)
+    for i, (end, count) in enumerate(zip(ends, frames, strict=True)):
+        writer.writerow([
+            paths[i] if paths is not None else i,
+            count,
+            f"{correct[end - count : end].mean():.6f}",
+            (speakers[i] or "") if speakers is not None else "",
+        ])  # fmt: skip
+    return table.getvalue()
+
+
 def report_split(
     model: RNNClassifier,
     datamodule: SequenceDataModuleBase,
@@ -205,8 +297,9 @@ def report_split(
         raise ValueError(
             f"the checkpoint's classes {model.class_names} differ from the data's {datamodule.class_names}"
         )
-    targets, probabilities, sources, speakers = predict_split(model, datamodule, split, device)
+    targets, probabilities, sources, speakers, frames = predict_split(model, datamodule, split, device)
     return write_report(
         out_dir, targets, probabilities, model.class_names, sources, speakers,
         title=f"{type(datamodule).__name__}: {split} split", extra=extra,
+        frames=None if frames is None else frames.tolist(),
     )  # fmt: skip

@@ -33,7 +33,7 @@ def test_two_process_fit_matches_a_single_process_evaluation(tiny_corpus: Path, 
 
     model = RNNClassifier.load_from_checkpoint(logged["checkpoint"], map_location="cpu")
     datamodule = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=tmp_path / "cache", batch_size=4)
-    targets, probabilities, _, _ = predict_split(model, datamodule, "test")
+    targets, probabilities, *_ = predict_split(model, datamodule, "test")
     single = float((probabilities.argmax(1) == targets).mean())
     assert logged["metrics"]["test/acc"] == pytest.approx(single, abs=1e-6)
     report = json.loads((run / "report_test" / "report.json").read_text())

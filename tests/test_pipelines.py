@@ -57,3 +57,28 @@ def test_seed_systems_run_end_to_end_and_report_each_metric(tmp_path: Path) -> N
     values = {row.split(" | ")[0].lstrip("| "): float(row.split(" | ")[2]) for row in rows[1:]}
     assert len(values) == 4 and all(math.isfinite(v) for v in values.values()), values
     assert values["next character (vanilla RNN, TBPTT 32)"] < 4.2  # below the text's unigram entropy (4.13)
+
+
+@pytest.mark.slow
+def test_vad_pipeline_reports_frames_plots_a_clip_and_streams_like_offline(tmp_path: Path) -> None:
+    from pipelines.vad import main as vad
+
+    config = tmp_path / "vad.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"class_path": "speechrnn.data.SyntheticCommandsDataModule",
+                 "init_args": {"root": str(tmp_path / "corpus"), "num_speakers": 5, "repetitions": 1,
+                               "val_speakers": 1, "test_speakers": 1, "generation_workers": 1,
+                               "cache_dir": str(tmp_path / "cache"), "voice_activity": True, "batch_size": 16,
+                               "features": {"normalize": "dataset"}}},
+        "model": {"cell": "gru", "hidden_size": 16, "num_layers": 1, "bidirectional": False},
+        "trainer": {"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False},
+    }))  # fmt: skip
+    streaming = vad(["--config", str(config), "--workdir", str(tmp_path / "work"), "--chunk-frames", "7"])
+    assert streaming["clips"] == 15 and streaming["same_decisions"] == 1.0
+    assert streaming["max_abs_logit_difference"] < 1e-4
+    assert (tmp_path / "work" / "vad_clip.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [line for line in (tmp_path / "work" / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == [
+        "| causal GRU (frames)",
+        "| energy threshold (c0, tuned on train)",
+    ]

@@ -17,7 +17,7 @@ from speechrnn.audio import AudioError, read_audio
 from speechrnn.data.augment import Augmenter, AugmentSettings
 from speechrnn.data.base import PadCollate, Record, SequenceDataModuleBase
 from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
-from speechrnn.errors import ConfigError
+from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
 from speechrnn.padding import lengths_mask
 
@@ -26,6 +26,16 @@ LongClips = Literal["error", "crop"]
 CACHE_CHUNK = 64  # files featurised per call (padded batches of similar length)
 OUTLIER_RATIO = 10.0
 """Clips this many times longer than the corpus's median are listed in a warning."""
+VOICE_ACTIVITY_CLASSES = ("non-speech", "speech")
+
+
+def speech_frames(segments: tuple[tuple[float, float], ...], num_frames: int, settings: FeatureSettings) -> np.ndarray:
+    """``(num_frames,)`` int64: 1 where a frame's centre falls inside a speech segment, else 0."""
+    centres = np.arange(num_frames) * (settings.hop_length / settings.rate)
+    labels = np.zeros(num_frames, np.int64)
+    for start, end in segments:
+        labels[(centres >= start) & (centres < end)] = 1
+    return labels
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,7 @@ class AudioDataModule(SequenceDataModuleBase):
         cache_workers: int = 0,
         on_device_features: bool = False,
         augment: AugmentSettings = AugmentSettings(),
+        voice_activity: bool = False,
         **kwargs: Any,
     ) -> None:
         """
@@ -150,6 +161,9 @@ class AudioDataModule(SequenceDataModuleBase):
                 augmentation) on the accelerator in ``on_after_batch_transfer``; batches read
                 straight from the DataLoader then hold waveforms ``(batch, samples, 1)``.
             augment: Training-split augmentation (time shift, background noise, SpecAugment).
+            voice_activity: Label every frame speech or non-speech from the manifest's ``segments``
+                (voice activity detection, a ``frame_classification`` task) instead of labelling
+                each clip with its class.
             **kwargs: Batching and split options of :class:`SequenceDataModuleBase`.
         """
         super().__init__(**kwargs)
@@ -171,6 +185,12 @@ class AudioDataModule(SequenceDataModuleBase):
                 "augment.noise_dir, coloured_noise, speed_factors and vtln_warp need on_device_features=True "
                 "(they work on waveforms, which only the waveform cache keeps)"
             )
+        self.voice_activity = voice_activity
+        if voice_activity and (on_device_features or augment.time_shift_ms or augment.speed_factors):
+            raise ConfigError(
+                "voice_activity labels frames of the cached features: it needs on_device_features=False and "
+                "no augment.time_shift_ms or augment.speed_factors (they would move speech away from its labels)"
+            )
         self.cache: MemmapFeatureCache | None = None
         self._frontend: MFCCFrontend | None = None
         self._augmenter: Augmenter | None = None
@@ -190,6 +210,42 @@ class AudioDataModule(SequenceDataModuleBase):
     @property
     def feature_dim(self) -> int:
         return self.features.feature_dim
+
+    @property
+    def task(self) -> str:
+        return "frame_classification" if self.voice_activity else "classification"
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(VOICE_ACTIVITY_CLASSES) if self.voice_activity else self.label_names
+
+    def check_plan(self, records: list[Record] | None = None) -> list[str]:
+        records = self.records if records is None else records
+        if self.voice_activity:
+            unknown = [r.source for r in records if r.segments is None]
+            if unknown:
+                raise UserInputError(
+                    f"{type(self).__name__}: voice_activity needs the speech segments of every clip (a 'segments' "
+                    f"column in the manifest); {len(unknown)} clip(s) have none, e.g. {unknown[0]}"
+                )
+        return super().check_plan(records)
+
+    def _check_splits(self) -> None:
+        if not self.voice_activity:
+            return super()._check_splits()
+        for split in self.required_splits:
+            if len(self.splits[split]) == 0:
+                raise UserInputError(f"{type(self).__name__}: the {split} split has no data left after skipped files")
+
+    def targets(self) -> np.ndarray:
+        if not self.voice_activity:
+            return super().targets()
+        assert self.store is not None
+        steps = np.empty(len(self.store_records), dtype=object)  # ragged: one array per clip
+        for position, record in enumerate(self.store_records):
+            segments = self.records[record].segments or ()
+            steps[position] = speech_frames(segments, int(self.store.lengths[position]), self.features)
+        return steps
 
     def cache_path(self, records: list[Record]) -> Path:
         settings = {"waveform_rate": self.features.rate} if self.on_device_features else self.features.to_dict()

@@ -40,6 +40,8 @@ class Record:
     label: str
     speaker: str | None = None
     split: str | None = None
+    segments: tuple[tuple[float, float], ...] | None = None
+    """Where the labelled sound (speech) is, ``(start, end)`` seconds each; None when unknown."""
 
 
 def assign_splits(
@@ -255,9 +257,14 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         return self._records
 
     @property
-    def class_names(self) -> list[str]:
-        """Label names in class-index order."""
+    def label_names(self) -> list[str]:
+        """Names of the records' labels, in class-index order."""
         return sorted({r.label for r in self.records})
+
+    @property
+    def class_names(self) -> list[str]:
+        """The model's output classes, in index order: the labels, unless the task says otherwise."""
+        return self.label_names
 
     @property
     def num_classes(self) -> int:

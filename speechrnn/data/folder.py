@@ -6,6 +6,7 @@ import csv
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ def read_manifest(
     label_column: str = "label",
     speaker_column: str = "speaker",
     split_column: str = "split",
+    segments_column: str = "segments",
 ) -> list[Record]:
     """Records of a CSV manifest; relative paths are resolved against the manifest's folder.
 
-    The speaker and split columns are optional; an empty cell means unknown. A byte-order mark (as
+    The speaker, split and segments columns are optional; an empty speaker or split means unknown.
+    Segments say where the speech is, as ``start-end`` seconds separated by ``;`` (e.g.
+    ``0.21-0.73``; empty: no speech), and feed frame-level tasks such as voice activity detection. A byte-order mark (as
     spreadsheet programs write) is ignored. A file listed twice is an error naming both lines,
     unless the rows are identical, which gives a warning and one record.
     """
@@ -49,6 +53,7 @@ def read_manifest(
                 label=row[label_column],
                 speaker=row.get(speaker_column) or None,
                 split=row.get(split_column) or None,
+                segments=_segments_cell(row.get(segments_column), f"{manifest}:{line}"),
             )
             first = line_of.get(record.source)
             if first is None:
@@ -74,9 +79,40 @@ def read_manifest(
 def _differences(a: Record, b: Record) -> str:
     return " and ".join(
         f"{name} ({getattr(a, name)!r} vs {getattr(b, name)!r})"
-        for name in ("label", "speaker", "split")
+        for name in ("label", "speaker", "split", "segments")
         if getattr(a, name) != getattr(b, name)
     )
+
+
+def format_segments(segments: Sequence[tuple[float, float]]) -> str:
+    """A manifest's segments cell: ``start-end`` seconds joined by ``;``."""
+    return ";".join(f"{start:.4f}-{end:.4f}" for start, end in segments)
+
+
+def parse_segments(cell: str) -> tuple[tuple[float, float], ...]:
+    """The ``(start, end)`` seconds of a segments cell (``""`` is no segment: all silence)."""
+    segments = []
+    for part in filter(None, (p.strip() for p in cell.split(";"))):
+        start, sep, end = part.partition("-")
+        try:
+            if not sep:
+                raise ValueError
+            segment = (float(start), float(end))
+        except ValueError:
+            raise ValueError(f"segment {part!r} is not 'start-end' in seconds") from None
+        if not 0 <= segment[0] < segment[1]:
+            raise ValueError(f"segment {part!r} does not satisfy 0 <= start < end")
+        segments.append(segment)
+    return tuple(sorted(segments))
+
+
+def _segments_cell(cell: str | None, where: str) -> tuple[tuple[float, float], ...] | None:
+    if cell is None:
+        return None
+    try:
+        return parse_segments(cell)
+    except ValueError as error:
+        raise UserInputError(f"{where}: {error}") from None
 
 
 def scan_class_folders(

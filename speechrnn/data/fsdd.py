@@ -154,7 +154,7 @@ class FSDDDataModule(AudioDataModule):
         self.download = download
 
     @property
-    def class_names(self) -> list[str]:
+    def label_names(self) -> list[str]:
         return [str(digit) for digit in range(10)]
 
     @property

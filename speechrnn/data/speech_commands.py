@@ -225,7 +225,7 @@ class SpeechCommandsDataModule(AudioDataModule):
         return self.root / "SpeechCommands" / corpus_name(self.version)
 
     @property
-    def class_names(self) -> list[str]:
+    def label_names(self) -> list[str]:
         if self.task_name == "all":
             return sorted(WORDS[self.version])
         extra = [SILENCE] * (self.silence_fraction > 0) + [UNKNOWN] * (self.unknown_fraction > 0)

@@ -43,14 +43,15 @@ import soundfile as sf
 from scipy import signal
 
 from speechrnn.data.base import SPLITS
+from speechrnn.data.folder import format_segments
 from speechrnn.io import atomic_directory
 
 SAMPLE_RATE = 16000
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 CORPUS_NAME = "synthetic-commands"
 MANIFEST_NAME = "manifest.csv"
 GENERATION_NAME = "generation.json"
-MANIFEST_COLUMNS = ("path", "label", "speaker", "split")
+MANIFEST_COLUMNS = ("path", "label", "speaker", "split", "segments")
 
 _SPEAKER_STREAM = 1
 _CLIP_STREAM = 2
@@ -418,6 +419,14 @@ def synthesize_segments(
     level variation (durations, pitch, formants, amplitudes) is drawn from
     ``rng``.
     """
+    return _synthesize(segments, speaker, rng, sample_rate)[0]
+
+
+def _synthesize(
+    segments: Sequence[str], speaker: SpeakerProfile, rng: np.random.Generator, sample_rate: int
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """The utterance and where its speech is, ``(start, end)`` in seconds: from the first sound
+    (after the silent closure of a leading stop) to the end of the last phone."""
     unknown = [name for name in segments if name not in PHONES]
     if unknown or not segments:
         raise ValueError(f"segments must be a non-empty sequence of {sorted(PHONES)}, got {list(segments)!r}")
@@ -486,7 +495,8 @@ def synthesize_segments(
     ramp = _step(np.linspace(-0.5, 0.5, fade))
     out[:fade] *= ramp
     out[length - fade :] *= ramp[::-1]
-    return out.astype(np.float32)
+    speech_start = starts[0] + (_STOP_CLOSURE * durations[0] if phones[0].kind == "stop" else 0.0)
+    return out.astype(np.float32), (float(speech_start), float(edges[-1]))
 
 
 def synthesize_word(
@@ -498,7 +508,7 @@ def synthesize_word(
     """Render ``word`` (a key of ``WORDS``) alone, as float32 mono without noise or clip padding."""
     if word not in WORDS:
         raise ValueError(f"word must be one of {sorted(WORDS)}, got {word!r}")
-    return synthesize_segments(WORDS[word], speaker, rng, sample_rate)
+    return _synthesize(WORDS[word], speaker, rng, sample_rate)[0]
 
 
 def _background_noise(rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarray:
@@ -526,17 +536,19 @@ class RenderedClip:
     onset_seconds: float
     word_seconds: float
     snr_db: float
+    speech: tuple[float, float]
+    """Where the word is audible in the clip, ``(start, end)`` in seconds (the voice activity truth)."""
 
 
 def render_clip(config: SyntheticCorpusConfig, speaker: int, word: str, repetition: int) -> RenderedClip:
-    """Render one clip and report its word onset, word length and SNR."""
+    """Render one clip and report its word onset, word length, SNR and speech span."""
     if word not in WORDS:
         raise ValueError(f"word must be one of {sorted(WORDS)}, got {word!r}")
     if repetition < 0:
         raise ValueError(f"repetition must be >= 0, got {repetition}")
     profile = speaker_profile(config, speaker)
     rng = np.random.default_rng([config.seed, _CLIP_STREAM, speaker, _word_key(word), repetition])
-    voice = synthesize_word(word, profile, rng)
+    voice, (speech_start, speech_end) = _synthesize(WORDS[word], profile, rng, SAMPLE_RATE)
     length = int(round(config.clip_seconds * SAMPLE_RATE))
     latest = min(config.onset_window_seconds, (length - len(voice)) / SAMPLE_RATE)
     start = min(int(round(rng.uniform(0.0, max(latest, 0.0)) * SAMPLE_RATE)), max(length - len(voice), 0))
@@ -547,7 +559,9 @@ def render_clip(config: SyntheticCorpusConfig, speaker: int, word: str, repetiti
     peak = float(np.max(np.abs(clip)))
     if peak > _PEAK_LIMIT:
         clip *= _PEAK_LIMIT / peak
-    return RenderedClip(clip.astype(np.float32), start / SAMPLE_RATE, len(voice) / SAMPLE_RATE, snr)
+    onset = start / SAMPLE_RATE
+    speech = (onset + speech_start, min(onset + speech_end, length / SAMPLE_RATE))
+    return RenderedClip(clip.astype(np.float32), onset, len(voice) / SAMPLE_RATE, snr, speech)
 
 
 def synthesize_clip(config: SyntheticCorpusConfig, speaker: int, word: str, repetition: int) -> np.ndarray:
@@ -587,16 +601,16 @@ def _clip_path(config: SyntheticCorpusConfig, speaker: int, word: str, repetitio
     return f"{word}/{speaker_label(config, speaker)}_{word}_{repetition:0{width}d}.wav"
 
 
-def _write_speaker(config: SyntheticCorpusConfig, speaker: int, directory: str) -> list[tuple[str, str, str, str]]:
+def _write_speaker(config: SyntheticCorpusConfig, speaker: int, directory: str) -> list[tuple[str, ...]]:
     """Write every clip of one speaker under ``directory``; return their manifest rows."""
     rows = []
     label, split = speaker_label(config, speaker), speaker_split(config, speaker)
     for word in WORDS:
         for repetition in range(config.repetitions):
             path = _clip_path(config, speaker, word, repetition)
-            audio = synthesize_clip(config, speaker, word, repetition)
-            sf.write(os.path.join(directory, path), audio, SAMPLE_RATE, subtype="PCM_16")
-            rows.append((path, word, label, split))
+            clip = render_clip(config, speaker, word, repetition)
+            sf.write(os.path.join(directory, path), clip.audio, SAMPLE_RATE, subtype="PCM_16")
+            rows.append((path, word, label, split, format_segments([clip.speech])))
     return rows
 
 
@@ -632,8 +646,8 @@ def generate_corpus(
     """Generate the corpus under ``root`` unless an identical one is already there; return the manifest path.
 
     Layout: ``root/<word>/<speaker>_<word>_<rep>.wav`` (16 kHz mono PCM_16),
-    ``root/manifest.csv`` (``path,label,speaker,split``, paths relative to
-    ``root``, sorted by path) and ``root/generation.json`` (configuration,
+    ``root/manifest.csv`` (``path,label,speaker,split,segments``, paths relative
+    to ``root``, sorted by path; ``segments`` is where the word is audible) and ``root/generation.json`` (configuration,
     fingerprint, splits and vocabulary).
 
     Idempotent: a current corpus (same fingerprint, manifest and every file
@@ -654,7 +668,7 @@ def generate_corpus(
         for word in WORDS:
             (staging / word).mkdir()
         speakers = range(config.num_speakers)
-        rows: list[tuple[str, str, str, str]] = []
+        rows: list[tuple[str, ...]] = []
         if workers == 1:
             chunks = (_write_speaker(config, speaker, str(staging)) for speaker in speakers)
             for done, chunk in enumerate(chunks, 1):

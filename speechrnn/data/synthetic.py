@@ -65,7 +65,7 @@ class SyntheticCommandsDataModule(AudioDataModule):
         return f"synthetic_commands-{self.corpus.fingerprint()[:8]}"
 
     @property
-    def class_names(self) -> list[str]:
+    def label_names(self) -> list[str]:
         return sorted(WORDS)
 
     def generate(self) -> Path:

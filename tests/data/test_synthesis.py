@@ -173,9 +173,35 @@ def test_clip_layout_onset_and_snr() -> None:
         assert np.max(np.abs(audio)) <= 1.0
 
 
+def test_speech_span_covers_the_audible_word_and_skips_a_leading_closure() -> None:
+    config = SyntheticCorpusConfig(snr_db=(30.0, 30.0))
+    for speaker, word in [(0, "asi"), (1, "pan"), (2, "kilo"), (3, "fur"), (4, "stop")]:
+        clip = render_clip(config, speaker, word, 0)
+        start, end = clip.speech
+        assert clip.onset_seconds < start < end <= clip.onset_seconds + clip.word_seconds
+        closure = start - clip.onset_seconds
+        assert (closure > 0.03) == (WORDS[word][0] in {"p", "t", "k"}), (word, closure)
+        audio = clip.audio.astype(np.float64)
+        a, b = round(start * SAMPLE_RATE), round(end * SAMPLE_RATE)
+        before = audio[: round(clip.onset_seconds * SAMPLE_RATE)]
+        speech_level = np.sqrt(np.mean(audio[a:b] ** 2))
+        if len(before) > 800:
+            assert speech_level > 10 * np.sqrt(np.mean(before**2)), word
+        assert np.sqrt(np.mean(audio[a : a + 320] ** 2)) > 2 * np.sqrt(np.mean(before**2) if len(before) else 0), word
+
+
+def test_manifest_segments_are_each_clips_speech_span(small_corpus: Path) -> None:
+    _, rows = _read_manifest(small_corpus)
+    for row in rows[:: max(1, len(rows) // 6)]:
+        speaker = int(row["speaker"].removeprefix("spk"))
+        clip = render_clip(SMALL, speaker, row["label"], 0)
+        start, end = (float(x) for x in row["segments"].split("-"))
+        assert (start, end) == pytest.approx(clip.speech, abs=1e-4)
+
+
 def test_generated_corpus_layout(small_corpus: Path) -> None:
     columns, rows = _read_manifest(small_corpus)
-    assert columns == ["path", "label", "speaker", "split"]
+    assert columns == ["path", "label", "speaker", "split", "segments"]
     assert len(rows) == SMALL.num_clips
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
     speakers_by_split: dict[str, set[str]] = {}
