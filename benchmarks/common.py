@@ -3,15 +3,20 @@ usual way (librosa MFCC in ``Dataset.__getitem__``, padding collate, packed ``nn
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
 import sys
+import time
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import librosa
 import soundfile as sf
 import torch
+from pytorch_lightning import Callback
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 from torch.utils.data import Dataset
@@ -86,3 +91,62 @@ class PackedBiGRU(nn.Module):
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=features.shape[1])
         mask = lengths_mask(lengths, features.shape[1], outputs.device).unsqueeze(-1)
         return self.head((outputs * mask).sum(1) / lengths.to(outputs.device)[:, None])
+
+
+# --- timing the real fit ----------------------------------------------------------------------------
+class FitTimer(Callback):
+    """Times ``python -m speechrnn.fit`` from the outside, like the bare loops time themselves.
+
+    A step runs from the end of the previous one (or the epoch's start) to the end of its optimizer
+    step, so it includes waiting for data; an epoch runs from its start to the end of its
+    validation. ``started`` is a ``time.perf_counter()`` reading taken before ``fit`` began, so the
+    first epoch includes option parsing, the cache build and every warm-up. Written to ``path`` as
+    JSON when training ends (before the test).
+    """
+
+    def __init__(self, path: str, started: float) -> None:
+        self.path, self.started = path, started
+        self.step_s: list[float] = []
+        self.data_s: list[float] = []
+        self.sizes: list[int] = []
+        self.epoch_steps: list[int] = []
+        self.epoch_s: list[float] = []
+        self.first_step_start: float | None = None
+        self.first_epoch_end: float | None = None
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.epoch_start = self.tick = time.perf_counter()
+        self.epoch_steps.append(0)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self.first_step_start = self.first_step_start or now
+        self.data_s.append(now - self.tick)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self.step_s.append(now - self.tick)
+        self.sizes.append(len(batch[1]))
+        self.epoch_steps[-1] += 1
+        self.tick = now
+        self.last_loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        now = time.perf_counter()
+        self.epoch_s.append(now - self.epoch_start)  # Lightning validates before this hook
+        if self.first_epoch_end is None:
+            self.first_epoch_end, self.first_epoch_with_val_end = self.tick, now
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        first_steps = self.epoch_steps[0] if len(self.epoch_s) else None
+        with_val = None if self.first_epoch_end is None else self.first_epoch_with_val_end - self.started
+        Path(self.path).write_text(json.dumps({
+            "step_s": self.step_s, "data_s": self.data_s, "sizes": self.sizes,
+            "epoch_s": self.epoch_s, "steps_per_epoch": self.epoch_steps,
+            "first_epoch_s": None if self.first_epoch_end is None else self.first_epoch_end - self.started,
+            "first_epoch_steps": first_steps,
+            "first_epoch_with_val_s": with_val,
+            "setup_s": (self.first_step_start or time.perf_counter()) - self.started,
+            "trained_s": time.perf_counter() - self.started,
+            "final_loss": getattr(self, "last_loss", float("nan")),
+        }))  # fmt: skip

@@ -14,6 +14,14 @@ memory (``ru_maxrss``) is its own:
 (c) speechrnn, on-device features: ``on_device_features=True`` (a waveform cache), batches through
     ``dm.featurize(batch)`` (torchaudio MFCC per batch), otherwise as (b).
 
+(f) the real fit: ``speechrnn.fit.main`` (what ``python -m speechrnn.fit`` runs) in its own process on
+    the same corpus, model, batch size, learning rate (constant, as the bare loops), seed and
+    number of optimizer steps, with its cache built from scratch and everything users get:
+    LightningCLI parsing, the Trainer, validation every epoch (a seeded ``val_fraction`` of the
+    training split, so it trains on fewer clips), checkpoints, logs, then its test of the best
+    checkpoint. Timed from the outside by ``common.FitTimer``; its per-epoch rate counts the
+    validation pass, the bare loops have none.
+
 Two more on request (``--pipelines``): (r) is (b) without bucketing, (g) is (b) with PyTorch's
 ``nn.GRU`` instead of the fused CPU GRU (``encoder.fused = "off"``), to separate the gains.
 
@@ -65,6 +73,7 @@ PIPELINES = {
     "a": "(a) naive: librosa in __getitem__, packed nn.GRU",
     "b": "(b) speechrnn: feature cache, bucketing",
     "c": "(c) speechrnn: on-device features",
+    "f": "(f) speechrnn: the real fit (python -m speechrnn.fit)",
     "r": "(r) speechrnn: feature cache, no bucketing (random batches)",
     "g": "(g) speechrnn: as (b), with nn.GRU instead of the fused CPU GRU",
 }
@@ -242,6 +251,48 @@ def speechrnn_datamodule(args: argparse.Namespace, cache_dir: str, on_device: bo
     )
 
 
+def fit_arguments(args: argparse.Namespace, cache_dir: str, runs_dir: str, timer: dict) -> list[str]:
+    """``speechrnn.fit`` options for the same data, model, optimiser and steps as (b)."""
+    if args.corpus == "fsdd":
+        data = ["--data", "FSDDDataModule", "--data.root", args.root]
+    else:
+        data = ["--data", "SyntheticCommandsDataModule", "--data.root", args.root,
+                "--data.repetitions", str(args.repetitions)]  # fmt: skip
+    accelerator = "cpu" if args.device == "cpu" else "gpu"
+    precision = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}[args.precision]
+    return [
+        *data, "--data.cache_dir", cache_dir, "--data.batch_size", str(args.batch), "--data.seed", str(args.seed),
+        "--model.cell", "gru", "--model.hidden_size", str(HIDDEN), "--model.num_layers", str(LAYERS),
+        "--model.bidirectional", "true", "--model.pooling", "mean", "--model.dropout", "0",
+        "--model.lr", str(args.lr), "--model.scheduler", "none",
+        "--trainer.max_steps", str(args.steps), "--trainer.max_epochs", "1000",
+        "--trainer.accelerator", accelerator, "--trainer.devices", "1", "--trainer.precision", precision,
+        "--trainer.default_root_dir", runs_dir, "--seed_everything", str(args.seed),
+        "--trainer.callbacks+", json.dumps({"class_path": "common.FitTimer", "init_args": timer}),
+    ]  # fmt: skip
+
+
+def run_fit(args: argparse.Namespace, result: dict, baseline: float, started: float) -> dict:
+    """(f): ``speechrnn.fit.main`` as users run it, timed by ``common.FitTimer``."""
+    from speechrnn.fit import main as fit
+
+    cache_dir = tempfile.mkdtemp(prefix="bench-cache-f-")
+    runs_dir = tempfile.mkdtemp(prefix="bench-runs-f-")
+    timer_file = os.path.join(runs_dir, "timer.json")
+    metrics = fit(fit_arguments(args, cache_dir, runs_dir, {"path": timer_file, "started": started}))
+    result.update(memory_report(baseline))
+    timed = json.loads(Path(timer_file).read_text())
+    result.update(timed)
+    result["test_accuracy"] = metrics["test/acc"]
+    result["eval_s"] = time.perf_counter() - started - timed["trained_s"]
+    result["epoch_steps"] = timed["steps_per_epoch"][0]
+    result["n_train"] = sum(timed["sizes"][: timed["steps_per_epoch"][0]])
+    result["cache_mib"] = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file()) / 2**20
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    return result
+
+
 def run_pipeline(args: argparse.Namespace) -> dict:
     """One pipeline, cold: everything from building its data to the last step is timed."""
     root = Path(args.root)
@@ -255,6 +306,8 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     cache_dir = None
     device = torch.device(args.device)
     started = time.perf_counter()
+    if args.only == "f":
+        return run_fit(args, result, baseline, started)
     if args.only == "a":
         model: nn.Module = PackedBiGRU(settings.feature_dim, num_classes)
         train_set = LibrosaMFCCDataset([(p, y) for p, y, s in items if s == "train"], settings)
@@ -344,6 +397,8 @@ def prepare_corpus(args: argparse.Namespace) -> None:
     """FSDD: the folder (or a seeded subset for --limit); synthetic: generate, timed on its own."""
     if args.corpus == "fsdd":
         source = Path(args.root or FSDD_ROOT)
+        if not source.is_dir():
+            raise SystemExit(f"{source}: no FSDD recordings there; give --root or set SPEECHRNN_DATA")
         args.root = str(limited_fsdd_root(source, args.limit, args.seed) if args.limit else source)
         args.subset_dir = args.root if args.limit else None
         return
@@ -442,6 +497,34 @@ def print_table(rows: list[tuple[str, dict, dict]]) -> None:
         )
 
 
+def fit_line(fitted: dict, bare: dict, naive: list[dict]) -> str:
+    """(f) against (b) per epoch (validation included in (f), which (b) does not run) and against
+    (a) over the first epoch from a cold start."""
+    ends = [sum(fitted["steps_per_epoch"][: i + 1]) for i in range(len(fitted["epoch_s"]))]
+    samples = [
+        sum(fitted["sizes"][end - steps : end]) for end, steps in zip(ends, fitted["steps_per_epoch"], strict=False)
+    ]
+    full = fitted["steps_per_epoch"][0]
+    rates = [
+        n / seconds
+        for n, seconds, steps in zip(samples, fitted["epoch_s"], fitted["steps_per_epoch"], strict=False)
+        if steps == full  # max_steps can end the last epoch early
+    ]
+    warm = rates[1:] or rates
+    line = (
+        f"(f) per epoch, validation included: {statistics.median(warm):.1f} samples/s (median of epochs "
+        f"{'2' if len(rates) > 1 else '1'}..{len(rates)}: {', '.join(f'{r:.0f}' for r in rates)}) = "
+        f"{statistics.median(warm) / bare['warm_aggregate']:.2f}x (b)'s warm aggregate rate (target >= 0.95x)"
+    )
+    if naive and fitted.get("first_epoch_s"):
+        best = min(s["first_epoch"] for s in naive)
+        line += (
+            f"; first epoch from a cold start {fitted['first_epoch_s']:.1f} s ({fitted['first_epoch_with_val_s']:.1f} "
+            f"s with its validation) = {best / fitted['first_epoch_s']:.2f}x (a) (target >= 3x)"
+        )
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", choices=("fsdd", "synthetic"), default="fsdd")
@@ -486,8 +569,8 @@ def main() -> None:
     parser.add_argument("--naive-workers", default="0,2", help="DataLoader num_workers values tried for (a)")
     parser.add_argument(
         "--pipelines",
-        default="abc",
-        help="pipelines to run (subset of abcrg; r: (b) without bucketing; g: (b) with nn.GRU, not the fused GRU)",
+        default="abcf",
+        help="pipelines to run (subset of abcfrg; f: the real fit; r: (b) without bucketing; g: (b) with nn.GRU)",
     )
     parser.add_argument("--only", choices=tuple(PIPELINES), help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
@@ -520,7 +603,7 @@ def main() -> None:
     )
 
     runs = [("a", int(w)) for w in args.naive_workers.split(",") if "a" in args.pipelines]
-    runs += [(p, 0) for p in "bcrg" if p in args.pipelines]
+    runs += [(p, 0) for p in "bcfrg" if p in args.pipelines]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-results-") as results:
         for pipeline, workers in runs:
@@ -547,6 +630,9 @@ def main() -> None:
             f"stated targets (not asserted): (b) >= 2x (a) warm -> measured {warm:.2f}x; "
             f">= 3x over the first epoch -> measured {first:.2f}x; equal test accuracy (see table)"
         )
+    fitted = next((result for name, result, _ in rows if name.startswith("(f)")), None)
+    if fitted is not None and "(b)" in by_key:
+        print(fit_line(fitted, by_key["(b)"], [summary for name, _, summary in rows if name.startswith("(a)")]))
     print(load_line("at end"))
     if getattr(args, "subset_dir", None):
         shutil.rmtree(args.subset_dir, ignore_errors=True)
