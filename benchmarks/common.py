@@ -111,6 +111,7 @@ class FitTimer(Callback):
         self.sizes: list[int] = []
         self.epoch_steps: list[int] = []
         self.epoch_s: list[float] = []
+        self.validation_s: list[float] = []
         self.first_step_start: float | None = None
         self.first_epoch_end: float | None = None
 
@@ -131,6 +132,13 @@ class FitTimer(Callback):
         self.tick = now
         self.last_loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
 
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self.validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self.validation_s.append(time.perf_counter() - self.validation_start)
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         now = time.perf_counter()
         self.epoch_s.append(now - self.epoch_start)  # Lightning validates before this hook
@@ -142,7 +150,7 @@ class FitTimer(Callback):
         with_val = None if self.first_epoch_end is None else self.first_epoch_with_val_end - self.started
         Path(self.path).write_text(json.dumps({
             "step_s": self.step_s, "data_s": self.data_s, "sizes": self.sizes,
-            "epoch_s": self.epoch_s, "steps_per_epoch": self.epoch_steps,
+            "epoch_s": self.epoch_s, "steps_per_epoch": self.epoch_steps, "validation_s": self.validation_s,
             "first_epoch_s": None if self.first_epoch_end is None else self.first_epoch_end - self.started,
             "first_epoch_steps": first_steps,
             "first_epoch_with_val_s": with_val,

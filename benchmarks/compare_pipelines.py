@@ -45,6 +45,7 @@ import math
 import os
 import random
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -269,6 +270,7 @@ def fit_arguments(args: argparse.Namespace, cache_dir: str, runs_dir: str, timer
         "--trainer.accelerator", accelerator, "--trainer.devices", "1", "--trainer.precision", precision,
         "--trainer.default_root_dir", runs_dir, "--seed_everything", str(args.seed),
         "--trainer.callbacks+", json.dumps({"class_path": "common.FitTimer", "init_args": timer}),
+        *shlex.split(args.fit_args),
     ]  # fmt: skip
 
 
@@ -451,6 +453,8 @@ def child_command(args: argparse.Namespace, pipeline: str, workers: int, result_
         str(args.threads),
         "--result-file",
         result_file,
+        "--fit-args",
+        args.fit_args,
     ]
     if args.corpus == "synthetic":
         command += ["--clips", str(args.clips), "--repetitions", str(args.repetitions)]
@@ -511,11 +515,24 @@ def fit_line(fitted: dict, bare: dict, naive: list[dict]) -> str:
         if steps == full  # max_steps can end the last epoch early
     ]
     warm = rates[1:] or rates
+    validation = fitted.get("validation_s", [])
+    training = [
+        n / (seconds - checked)
+        for n, seconds, checked, steps in zip(
+            samples, fitted["epoch_s"], validation, fitted["steps_per_epoch"], strict=False
+        )
+        if steps == full
+    ][1:]
     line = (
         f"(f) per epoch, validation included: {statistics.median(warm):.1f} samples/s (median of epochs "
         f"{'2' if len(rates) > 1 else '1'}..{len(rates)}: {', '.join(f'{r:.0f}' for r in rates)}) = "
         f"{statistics.median(warm) / bare['warm_aggregate']:.2f}x (b)'s warm aggregate rate (target >= 0.95x)"
     )
+    if training and validation:
+        line += (
+            f"; without its validation pass (median {statistics.median(validation):.2f} s an epoch) "
+            f"{statistics.median(training):.1f} samples/s = {statistics.median(training) / bare['warm_aggregate']:.2f}x"
+        )
     if naive and fitted.get("first_epoch_s"):
         best = min(s["first_epoch"] for s in naive)
         line += (
@@ -572,6 +589,7 @@ def main() -> None:
         default="abcf",
         help="pipelines to run (subset of abcfrg; f: the real fit; r: (b) without bucketing; g: (b) with nn.GRU)",
     )
+    parser.add_argument("--fit-args", default="", help="(f): extra speechrnn.fit options, e.g. '--model.fused off'")
     parser.add_argument("--only", choices=tuple(PIPELINES), help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--repetitions", type=int, help=argparse.SUPPRESS)

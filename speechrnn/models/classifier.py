@@ -199,8 +199,25 @@ class RNNClassifier(pl.LightningModule):
             metrics.update(outputs, targets)
         else:
             metrics.update(outputs.float().reshape(-1), targets.float().reshape(-1))
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
         return loss
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """The stage's metrics over the epoch (synchronised across processes by torchmetrics), logged
+        once: logging the metric objects every step costs Lightning about 1.5 ms a step on a CPU."""
+        metrics = getattr(self, f"{stage}_metrics")
+        if not any(metric.update_called for metric in metrics.values()):
+            return
+        self.log_dict(metrics.compute(), prog_bar=stage != "train", sync_dist=True)
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -220,7 +237,11 @@ class RNNClassifier(pl.LightningModule):
         return result
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the gradient norm before clipping, so exploding gradients are visible."""
+        """Log the gradient norm before clipping, so exploding gradients are visible (on the steps the
+        logger writes, the only ones where it would be seen)."""
+        connector = getattr(self.trainer, "_logger_connector", None)
+        if connector is not None and not connector.should_update_logs:
+            return
         norms = grad_norm(self, norm_type=2)
         if norms:
             self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
