@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,16 @@ DEFAULT_DATA = "speechrnn.data.SyntheticCommandsDataModule"
 warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device` in `LightningModule`.*")
 # The settings dataclasses (features, augment) document each field in a docstring below it: --help shows them.
 jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+
+def shows_help(args: Any = None) -> bool:
+    """Whether a command line asks for help or a commented config, the only outputs that show the
+    settings' field docstrings: reading those takes about 0.8 s of every start, so other runs skip it."""
+    words = sys.argv[1:] if args is None else args if isinstance(args, list | tuple) else []
+    return any(
+        word in ("-h", "--help") or word.endswith(".help") or word.startswith("--print_config")
+        for word in map(str, words)
+    )
 
 
 def default_precision() -> str:
@@ -100,17 +111,21 @@ class SpeechRNNCLI(LightningCLI):
             "use_distributed_sampler": False,  # the bucketing sampler shards itself
         }
         trainer_defaults.update(kwargs.pop("trainer_defaults", {}))
-        super().__init__(
-            RNNClassifier,
-            SequenceDataModuleBase,
-            subclass_mode_data=True,
-            trainer_defaults=trainer_defaults,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            run=run,
-            **kwargs,
-        )
+        jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=shows_help(args))
+        try:
+            super().__init__(
+                RNNClassifier,
+                SequenceDataModuleBase,
+                subclass_mode_data=True,
+                trainer_defaults=trainer_defaults,
+                seed_everything_default=0,
+                save_config_kwargs={"overwrite": True},
+                args=args,
+                run=run,
+                **kwargs,
+            )
+        finally:
+            jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """The Trainer, with ``last.ckpt`` rewritten after every epoch (so ``--ckpt_path last`` resumes
@@ -158,6 +173,10 @@ class SpeechRNNCLI(LightningCLI):
                 "early_stopping.monitor": "val/loss",
                 "early_stopping.mode": "min",
                 "early_stopping.patience": 5,
+                # Both watch validation, so they act when it has run: a run that --trainer.max_steps
+                # ends mid-epoch has no validation loss for its last epoch.
+                "checkpoint.save_on_train_epoch_end": False,
+                "early_stopping.check_on_train_epoch_end": False,
             }
         )
         parser.link_arguments("data.feature_dim", "model.input_size", apply_on="instantiate")

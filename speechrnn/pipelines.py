@@ -76,12 +76,16 @@ def datamodule_from_config(data: dict[str, Any] | str | Path, **init_args: Any) 
     return parser.instantiate_classes(parser.parse_object({"data": data})).data
 
 
-def prepare(config: str | Path, workers: int | None = None, **init_args: Any) -> dict[str, Any]:
-    """Download or generate the corpus and build its feature cache, with all cores by default."""
+def cache_workers(workers: int | None = None) -> int:
+    """Processes for building a feature cache: ``workers``, or one per core when None."""
     import os
 
-    workers = os.cpu_count() or 1 if workers is None else workers
-    datamodule = datamodule_from_config(config, cache_workers=workers, **init_args)
+    return (os.cpu_count() or 1) if workers is None else workers
+
+
+def prepare(config: str | Path, workers: int | None = None, **init_args: Any) -> dict[str, Any]:
+    """Download or generate the corpus and build its feature cache, with all cores by default."""
+    datamodule = datamodule_from_config(config, cache_workers=cache_workers(workers), **init_args)
     datamodule.prepare_data()
     datamodule.setup("fit")
     return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,21 @@ def test_data_help_documents_every_option(name: str, monkeypatch: pytest.MonkeyP
     assert [option for option, text in options.items() if text.startswith("(type:")] == []
     if name in ("FSDDDataModule", "SpeechCommandsDataModule", "SyntheticCommandsDataModule"):
         assert "test_fraction" not in options  # these corpora bring their own test split
+
+
+def test_field_docstrings_are_read_only_for_help() -> None:
+    from speechrnn.cli import shows_help
+
+    assert shows_help(["--data.help", "FSDDDataModule"]) and shows_help(["-h"]) and shows_help(["--print_config"])
+    assert not shows_help(["--data", "FSDDDataModule", "--trainer.max_epochs", "1"]) and not shows_help({"a": 1})
+    result = subprocess.run(
+        [sys.executable, "-m", "speechrnn.fit", "--data.help", "AudioFolderDataModule"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.returncode == 0 and "0: MFCC only; 1: add deltas" in result.stdout
+
+
+def test_max_steps_that_end_an_epoch_before_validation_still_test_and_report(tiny_corpus: Path, tmp_path: Path) -> None:
+    metrics = main(fit_args(tiny_corpus, tmp_path, "--trainer.max_steps", "1"))  # one of the epoch's two batches
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert next((tmp_path / "runs").rglob("report_test/report.json")).is_file()

@@ -7,6 +7,7 @@ from speechrnn.data.folder import AudioFolderDataModule
 from speechrnn.data.fsdd import FSDDDataModule
 from speechrnn.data.sampler import BucketBatchSampler
 from speechrnn.data.sequences import SequenceDataModule
+from speechrnn.data.sharded import ShardedDataModule
 from speechrnn.data.speech_commands import SpeechCommandsDataModule
 from speechrnn.data.synthetic import SyntheticCommandsDataModule
 from speechrnn.data.text import CharTextDataModule
@@ -22,6 +23,7 @@ __all__ = [
     "Record",
     "SequenceDataModule",
     "SequenceDataModuleBase",
+    "ShardedDataModule",
     "SpeechCommandsDataModule",
     "SyntheticCommandsDataModule",
 ]
