@@ -89,6 +89,10 @@ class MemmapFeatureCache(ConcatenatedFeatureStore):
 
     The folder only appears under its final name once complete (written under a temporary name,
     then renamed), so an interrupted build never looks finished.
+
+    Items are read with ``pread`` rather than through the memory map (``frames``, kept for bulk
+    access): the map would keep every page read in the process's resident memory, so an epoch over
+    a 100k-clip corpus would hold the whole cache there; a read leaves the pages to the page cache.
     """
 
     def __init__(self, directory: str | os.PathLike) -> None:
@@ -106,6 +110,33 @@ class MemmapFeatureCache(ConcatenatedFeatureStore):
         )
         super().__init__(frames, offsets)
         self.skipped = read_skipped(self.directory / "skipped.csv")
+        self._file: tuple[int, int] | None = None  # (process id, descriptor), opened on first read
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
+        if not hasattr(os, "preadv"):
+            return np.array(self.frames[start:stop])
+        out = np.empty((stop - start, self.feature_dim), np.float32)
+        view, position = memoryview(out).cast("B"), start * out.itemsize * self.feature_dim
+        while len(view):
+            read = os.preadv(self._descriptor(), [view], position)
+            if read == 0:
+                raise OSError(f"{self.directory / 'frames.f32'}: ends early (item {index}); rebuild the cache")
+            view, position = view[read:], position + read
+        return out
+
+    def _descriptor(self) -> int:
+        """This process's descriptor of ``frames.f32`` (DataLoader workers open their own)."""
+        if self._file is None or self._file[0] != os.getpid():
+            self._file = (os.getpid(), os.open(self.directory / "frames.f32", os.O_RDONLY))
+        return self._file[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_file", None) is not None and self._file[0] == os.getpid():
+            os.close(self._file[1])
 
     @staticmethod
     def exists(directory: str | os.PathLike) -> bool:

@@ -124,3 +124,25 @@ def test_cache_built_by_worker_processes_equals_one_process(
     assert single.keys == pooled.keys and len(single) == 36
     np.testing.assert_array_equal(single.offsets, pooled.offsets)
     np.testing.assert_allclose(np.asarray(single.frames), np.asarray(pooled.frames), rtol=0, atol=1e-5)
+
+
+def test_items_are_read_from_the_file_equal_to_the_map_in_any_process(tmp_path: Path) -> None:
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((int(n), 3)).astype(np.float32) for n in (5, 1, 9, 4)]
+    cache = MemmapFeatureCache.build(tmp_path / "c", ["a", "b", "c", "d"], arrays, 3)
+    for i, array in enumerate(arrays):
+        item = cache[i]
+        np.testing.assert_array_equal(item, array)
+        np.testing.assert_array_equal(item, cache.frames[cache.offsets[i] : cache.offsets[i + 1]])
+        assert item.flags.writeable and item.dtype == np.float32
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(cache))[2], arrays[2])
+    loaded = list(DataLoader(cache, batch_size=None, num_workers=2))
+    assert all(np.array_equal(item.numpy(), array) for item, array in zip(loaded, arrays, strict=True))
+    reopened = MemmapFeatureCache(tmp_path / "c")
+    os.truncate(tmp_path / "c" / "frames.f32", 100)  # cut while open (another process, a full disk)
+    with pytest.raises(OSError, match="frames.f32: ends early"):
+        reopened[3]

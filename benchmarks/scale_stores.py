@@ -1,0 +1,227 @@
+"""The memory-mapped feature cache against LitData shards as the corpus grows (3k, 30k, 100k clips).
+
+For each size of the synthetic corpus (generated once, not timed, into ``data/bench_synthetic_<clips>``):
+
+1. memmap build: ``SyntheticCommandsDataModule.prepare_data()`` into a fresh cache folder (every
+   clip read and featurised, ``--cache-workers`` processes);
+2. LitData build: ``speechrnn.data.shards.write_shards`` from that cache (what
+   ``pipelines/build_cache.py --format litdata`` does after the features exist);
+3. reading, each store in its own process: the training loader alone for ``--read-batches``
+   batches after ``--warmup`` (samples/s), then ``--train-steps`` optimizer steps of the BiGRU of
+   ``compare_pipelines.py`` (2 x 128, mean pooling, batch 64) after 5 warm-up steps (samples/s),
+   and the process's peak resident memory.
+
+Disk sizes are the folders' bytes. Peak RSS should stay flat as the corpus grows: the cache is
+memory-mapped, the shards stream. At the end of reading, the resident memory is split into anonymous
+(the process's own) and file-backed pages (for the memory map: the cache pages read so far, which the
+kernel can drop at any time).
+
+    python benchmarks/scale_stores.py                          # 3k, 30k, 100k clips
+    python benchmarks/scale_stores.py --clips 3000 --train-steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import load_line, machine_lines
+
+REPO = Path(__file__).resolve().parents[1]
+SPEAKERS = 30
+
+
+def folder_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
+def corpus(clips: int) -> tuple[Path, int]:
+    """The synthetic corpus of about ``clips`` clips (generated if missing) and its repetitions."""
+    from speechrnn.data.synthesis import WORDS, SyntheticCorpusConfig, corpus_is_current, generate_corpus
+
+    repetitions = max(1, round(clips / (SPEAKERS * len(WORDS))))
+    root = REPO / "data" / f"bench_synthetic_{clips}"
+    config = SyntheticCorpusConfig(num_speakers=SPEAKERS, repetitions=repetitions)
+    if not corpus_is_current(root, config):
+        tick = time.perf_counter()
+        generate_corpus(root, config)
+        print(f"generated {config.num_clips} clips in {time.perf_counter() - tick:.0f} s (not timed below)")
+    return root, repetitions
+
+
+def synthetic(root: str, repetitions: int, cache_dir: str, workers: int = 0):
+    from speechrnn.data import SyntheticCommandsDataModule
+
+    return SyntheticCommandsDataModule(
+        root=root, repetitions=repetitions, cache_dir=cache_dir, cache_workers=workers, batch_size=64, seed=0
+    )
+
+
+# --- children: one measurement each, in a fresh process --------------------------------------------
+def build(args: argparse.Namespace) -> dict:
+    from speechrnn.data.shards import write_shards
+
+    tick = time.perf_counter()
+    dm = synthetic(args.root, args.repetitions, args.cache_dir, args.cache_workers)
+    dm.prepare_data()
+    memmap_s = time.perf_counter() - tick
+    tick = time.perf_counter()
+    write_shards(synthetic(args.root, args.repetitions, args.cache_dir), args.shards)
+    shards_s = time.perf_counter() - tick
+    cache = next(p for p in Path(args.cache_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {
+        "clips": int(len(dm.records)),
+        "memmap_build_s": memmap_s,
+        "litdata_build_s": shards_s,
+        "memmap_mib": folder_mib(cache),
+        "litdata_mib": folder_mib(Path(args.shards)),
+    }
+
+
+def read(args: argparse.Namespace) -> dict:
+    import torch
+    from torch import nn
+
+    from speechrnn.models import SequenceClassifierNet
+
+    if args.store == "memmap":
+        dm = synthetic(args.root, args.repetitions, args.cache_dir)
+    else:
+        from speechrnn.data.sharded import ShardedDataModule
+
+        dm = ShardedDataModule(path=args.shards, batch_size=64, seed=0)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+
+    def batches():
+        epoch = 0
+        while True:
+            if hasattr(loader, "batch_sampler") and hasattr(loader.batch_sampler, "set_epoch"):
+                loader.batch_sampler.set_epoch(epoch)
+            elif hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    stream = batches()
+    rates = []
+    for step in range(args.warmup + args.read_batches):
+        tick = time.perf_counter()
+        batch = next(stream)
+        if step >= args.warmup:
+            rates.append(len(batch[1]) / (time.perf_counter() - tick))
+    model = SequenceClassifierNet(dm.feature_dim, dm.num_classes, "gru", 128, 2, True, pooling="mean")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    train_rates = []
+    for step in range(5 + args.train_steps):
+        tick = time.perf_counter()
+        features, lengths, labels, *_ = next(stream)
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(features, lengths), labels).backward()
+        optimizer.step()
+        if step >= 5:
+            train_rates.append(len(labels) / (time.perf_counter() - tick))
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {
+        "read_samples_s": statistics.median(rates),
+        "train_samples_s": statistics.median(train_rates),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_anon_mib": int(status["RssAnon"].split()[0]) / 1024,
+        "rss_file_mib": int(status["RssFile"].split()[0]) / 1024,
+    }
+
+
+# --- the parent --------------------------------------------------------------------------------------
+def child(args: argparse.Namespace, role: str, **extra: str) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, __file__, "--role", role, "--result", out.name, "--root", args.root,
+                   "--repetitions", str(args.repetitions), "--cache-dir", args.cache_dir, "--shards", args.shards,
+                   "--cache-workers", str(args.cache_workers), "--warmup", str(args.warmup),
+                   "--read-batches", str(args.read_batches), "--train-steps", str(args.train_steps)]  # fmt: skip
+        for key, value in extra.items():
+            command += [f"--{key}", value]
+        subprocess.run(command, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", default="3000,30000,100000", help="corpus sizes, comma-separated")
+    parser.add_argument("--cache-workers", type=int, default=2, help="processes building the memmap cache")
+    parser.add_argument("--warmup", type=int, default=20, help="batches read before the reading rate is taken")
+    parser.add_argument("--read-batches", type=int, default=200, help="batches timed when reading alone")
+    parser.add_argument("--train-steps", type=int, default=30, help="optimizer steps timed per store")
+    parser.add_argument("--role", choices=("build", "read"), help=argparse.SUPPRESS)
+    parser.add_argument("--store", choices=("memmap", "litdata"), help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--repetitions", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--shards", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        result = build(args) if args.role == "build" else read(args)
+        Path(args.result).write_text(json.dumps(result))
+        return
+
+    print("\n".join(machine_lines()))
+    rows = []
+    for clips in (int(c) for c in args.clips.split(",")):
+        root, args.repetitions = corpus(clips)
+        args.root = str(root)
+        work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{clips}-", dir=REPO / "data"))
+        args.cache_dir, args.shards = str(work / "cache"), str(work / "shards")
+        try:
+            built = child(args, "build")
+            print(f"{clips}: built {built}; {load_line('now')}", flush=True)
+            for store in ("memmap", "litdata"):
+                measured = child(args, "read", store=store)
+                rows.append((built["clips"], store, built, measured))
+                print(f"{clips} {store}: {measured}; {load_line('now')}", flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(
+        "| clips | store | build s | disk MiB | loader samples/s | training samples/s | peak RSS MiB "
+        "| at end: anon + file-backed MiB |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for clips, store, built, measured in rows:
+        build_s = built["memmap_build_s"] if store == "memmap" else built["litdata_build_s"]
+        disk = built["memmap_mib"] if store == "memmap" else built["litdata_mib"]
+        print(
+            f"| {clips} | {store} | {build_s:.1f}{' (+ memmap)' if store == 'litdata' else ''} | {disk:.0f} "
+            f"| {measured['read_samples_s']:.0f} | {measured['train_samples_s']:.1f} | {measured['peak_rss_mib']:.0f} "
+            f"| {measured['rss_anon_mib']:.0f} + {measured['rss_file_mib']:.0f} |"
+        )
+    for store in ("memmap", "litdata"):
+        mine = [(clips, measured) for clips, s, _, measured in rows if s == store]
+        if len(mine) > 1:
+            growth = mine[-1][1]["peak_rss_mib"] / mine[0][1]["peak_rss_mib"]
+            anon = mine[-1][1]["rss_anon_mib"] / mine[0][1]["rss_anon_mib"]
+            print(
+                f"{store}: peak RSS {mine[-1][0]} clips / {mine[0][0]} clips = {growth:.2f}x (target <= 1.2x); "
+                f"anonymous memory at the end {anon:.2f}x"
+            )
+    for clips in sorted({r[0] for r in rows}):
+        pair = {s: m for c, s, _, m in rows if c == clips}
+        if len(pair) == 2:
+            print(
+                f"{clips} clips: LitData / memmap training rate "
+                f"{pair['litdata']['train_samples_s'] / pair['memmap']['train_samples_s']:.2f}x, loader rate "
+                f"{pair['litdata']['read_samples_s'] / pair['memmap']['read_samples_s']:.2f}x (target >= 0.9x)"
+            )
+    print(load_line("at end"))
+
+
+if __name__ == "__main__":
+    main()
