@@ -501,9 +501,12 @@ def print_table(rows: list[tuple[str, dict, dict]]) -> None:
         )
 
 
-def fit_line(fitted: dict, bare: dict, naive: list[dict]) -> str:
-    """(f) against (b) per epoch (validation included in (f), which (b) does not run) and against
-    (a) over the first epoch from a cold start."""
+def fit_line(fitted: dict, bare: dict, bare_result: dict, n_test: int, naive: list[dict]) -> str:
+    """(f) against (b) per epoch and against (a) over the first epoch from a cold start.
+
+    (b) runs no validation, so (f)'s epochs are compared with (b)'s training rate alone, without
+    (f)'s validation pass, and with (b) charged the validation (f) ran: as many clips as (f) held
+    out, at (b)'s own measured evaluation cost per test clip."""
     ends = [sum(fitted["steps_per_epoch"][: i + 1]) for i in range(len(fitted["epoch_s"]))]
     samples = [
         sum(fitted["sizes"][end - steps : end]) for end, steps in zip(ends, fitted["steps_per_epoch"], strict=False)
@@ -532,6 +535,13 @@ def fit_line(fitted: dict, bare: dict, naive: list[dict]) -> str:
         line += (
             f"; without its validation pass (median {statistics.median(validation):.2f} s an epoch) "
             f"{statistics.median(training):.1f} samples/s = {statistics.median(training) / bare['warm_aggregate']:.2f}x"
+        )
+    held_out = bare_result["n_train"] - samples[0]
+    if held_out > 0 and n_test:
+        epoch = samples[0] / bare["warm_aggregate"] + held_out * bare_result["eval_s"] / n_test
+        line += (
+            f"; (b) with the same validation ({held_out} clips at its evaluation cost) "
+            f"{samples[0] / epoch:.1f} samples/s, (f) = {statistics.median(warm) * epoch / samples[0]:.2f}x of it"
         )
     if naive and fitted.get("first_epoch_s"):
         best = min(s["first_epoch"] for s in naive)
@@ -650,7 +660,9 @@ def main() -> None:
         )
     fitted = next((result for name, result, _ in rows if name.startswith("(f)")), None)
     if fitted is not None and "(b)" in by_key:
-        print(fit_line(fitted, by_key["(b)"], [summary for name, _, summary in rows if name.startswith("(a)")]))
+        bare_result = next(result for name, result, _ in rows if name.startswith("(b)"))
+        naive_runs = [summary for name, _, summary in rows if name.startswith("(a)")]
+        print(fit_line(fitted, by_key["(b)"], bare_result, n_test, naive_runs))
     print(load_line("at end"))
     if getattr(args, "subset_dir", None):
         shutil.rmtree(args.subset_dir, ignore_errors=True)
