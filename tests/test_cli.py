@@ -181,3 +181,16 @@ def test_max_steps_that_end_an_epoch_before_validation_still_test_and_report(tin
     metrics = main(fit_args(tiny_corpus, tmp_path, "--trainer.max_steps", "1"))  # one of the epoch's two batches
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert next((tmp_path / "runs").rglob("report_test/report.json")).is_file()
+
+
+def test_resuming_with_more_epochs_than_the_one_cycle_schedule_spans_is_refused(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    from speechrnn.errors import ConfigError
+
+    main(fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "2"))  # 3 batches an epoch: 6 steps, one cycle
+    with pytest.raises(
+        ConfigError, match="one-cycle learning-rate schedule ends at step 6, and this run would train to step 12"
+    ):
+        main(fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "4", "--ckpt_path", "last"))
+    assert main(fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last"))["test/acc"] >= 0

@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import grad_norm
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from speechrnn.errors import ConfigError
 from speechrnn.io import checkpoint_errors
 from speechrnn.models.network import SequenceClassifierNet
 from speechrnn.padding import PADDED_CLASS, lengths_mask
@@ -277,6 +278,19 @@ class RNNClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.data_config = checkpoint.get("data_config", self.data_config)
         self._resumed_rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        """Refuse a resumed run that plans more steps than its one-cycle schedule spans: the schedule
+        cannot be stretched, and torch would fail at the first step past its end."""
+        for config in self.trainer.lr_scheduler_configs:
+            total = getattr(config.scheduler, "total_steps", None)
+            planned = self.trainer.estimated_stepping_batches
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.OneCycleLR) and planned > total:
+                raise ConfigError(
+                    f"--ckpt_path: the checkpoint's one-cycle learning-rate schedule ends at step {total}, and this "
+                    f"run would train to step {int(planned)}; resume with the interrupted run's --trainer.max_epochs "
+                    "and --trainer.max_steps"
+                )
 
     def on_train_epoch_start(self) -> None:
         """After a resume, continue the random streams (dropout) where the interrupted run left them,
