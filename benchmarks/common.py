@@ -43,6 +43,11 @@ def machine_lines() -> list[str]:
     ]
 
 
+def folder_mib(path: str | Path) -> float:
+    """Bytes of every file under ``path``, in MiB."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
 def load_line(when: str) -> str:
     one, five, fifteen = os.getloadavg()
     noisy = "  (busy machine: timings are noisy)" if one > 1.5 else ""

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import librosa  # noqa: F401  (imported up front like torch and Lightning: only its first call is warm-up)
 import torch
-from common import LibrosaMFCCDataset, PackedBiGRU, load_line, machine_lines, pad_collate
+from common import LibrosaMFCCDataset, PackedBiGRU, folder_mib, load_line, machine_lines, pad_collate
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -289,7 +289,7 @@ def run_fit(args: argparse.Namespace, result: dict, baseline: float, started: fl
     result["eval_s"] = time.perf_counter() - started - timed["trained_s"]
     result["epoch_steps"] = timed["steps_per_epoch"][0]
     result["n_train"] = sum(timed["sizes"][: timed["steps_per_epoch"][0]])
-    result["cache_mib"] = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file()) / 2**20
+    result["cache_mib"] = folder_mib(cache_dir)
     shutil.rmtree(cache_dir, ignore_errors=True)
     shutil.rmtree(runs_dir, ignore_errors=True)
     return result
@@ -363,7 +363,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
 
         stats = train(model, batches, args.steps, result["epoch_steps"], args.lr, started, device, args.precision)
         test_batches = test_iter()
-        result["cache_mib"] = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file()) / 2**20
+        result["cache_mib"] = folder_mib(cache_dir)
     result.update(memory_report(baseline))  # after training, before evaluation
     tick = time.perf_counter()
     result["test_accuracy"] = accuracy(model, test_batches, device)

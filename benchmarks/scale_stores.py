@@ -33,14 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import load_line, machine_lines
+from common import folder_mib, load_line, machine_lines
 
 REPO = Path(__file__).resolve().parents[1]
 SPEAKERS = 30
-
-
-def folder_mib(path: Path) -> float:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
 
 def corpus(clips: int) -> tuple[Path, int]:

@@ -230,13 +230,6 @@ class AudioDataModule(SequenceDataModuleBase):
                 )
         return super().check_plan(records)
 
-    def _check_splits(self) -> None:
-        if not self.voice_activity:
-            return super()._check_splits()
-        for split in self.required_splits:
-            if len(self.splits[split]) == 0:
-                raise UserInputError(f"{type(self).__name__}: the {split} split has no data left after skipped files")
-
     def targets(self) -> np.ndarray:
         if not self.voice_activity:
             return super().targets()

@@ -362,12 +362,16 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         return False
 
     def _check_splits(self) -> None:
-        unknown = sorted({r.label for r in self.records} - set(self.class_names))
-        if unknown:
-            raise ValueError(f"{type(self).__name__}: labels not among the classes {self.class_names}: {unknown}")
+        """After the store is built: every needed split still has data and, for classification of
+        whole sequences, every class is known and has training examples."""
         for split in self.required_splits:
             if len(self.splits[split]) == 0:
                 raise UserInputError(f"{type(self).__name__}: the {split} split has no data left after skipped files")
+        if self.task != "classification":
+            return
+        unknown = sorted({r.label for r in self.records} - set(self.class_names))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: labels not among the classes {self.class_names}: {unknown}")
         train_labels = Counter(self.records[self.store_records[i]].label for i in self.splits["train"])
         missing = [name for name in self.class_names if train_labels[name] == 0]
         if missing:

@@ -28,8 +28,8 @@ def read_manifest(
 
     The speaker, split and segments columns are optional; an empty speaker or split means unknown.
     Segments say where the speech is, as ``start-end`` seconds separated by ``;`` (e.g.
-    ``0.21-0.73``; empty: no speech), and feed frame-level tasks such as voice activity detection. A byte-order mark (as
-    spreadsheet programs write) is ignored. A file listed twice is an error naming both lines,
+    ``0.21-0.73``; empty: no speech), and feed frame-level tasks such as voice activity detection.
+    A byte-order mark (as spreadsheet programs write) is ignored. A file listed twice is an error naming both lines,
     unless the rows are identical, which gives a warning and one record.
     """
     manifest = Path(manifest)

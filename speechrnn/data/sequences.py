@@ -270,11 +270,3 @@ class SequenceDataModule(SequenceDataModuleBase):
         if self._task == "regression":
             return np.asarray(self.arrays["labels"], dtype=np.float32)[self.store_records]
         return super().targets()
-
-    def _check_splits(self) -> None:
-        if self._task != "classification":
-            for split in self.required_splits:
-                if len(self.splits[split]) == 0:
-                    raise UserInputError(f"SequenceDataModule: the {split} split has no data")
-            return
-        super()._check_splits()
