@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from speechrnn.errors import run_entry_point
+from speechrnn.errors import ConfigError, run_entry_point
 from speechrnn.inference import FeatureClassifier, WaveformClassifier
 from speechrnn.io import atomic_write_bytes
 from speechrnn.models.classifier import RNNClassifier
@@ -62,6 +62,12 @@ def load_checkpoint(path: str | os.PathLike) -> RNNClassifier:
 def exportable(checkpoint_path: str | os.PathLike) -> WaveformClassifier | FeatureClassifier:
     """:class:`WaveformClassifier` for an audio checkpoint, :class:`FeatureClassifier` otherwise."""
     model = load_checkpoint(checkpoint_path)
+    if (model.data_config.get("features") or {}).get("normalize") == "speaker":
+        raise ConfigError(
+            f"{checkpoint_path}: the model normalises features per speaker (features.normalize='speaker'), "
+            "which needs each speaker's statistics beside every clip; exported graphs do not take them yet, "
+            "use speechrnn.inference.Predictor (speaker_statistics, then predict_file)"
+        )
     if model.data_config.get("features"):
         return WaveformClassifier.from_model(model, str(checkpoint_path))
     return FeatureClassifier.from_model(model)

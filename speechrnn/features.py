@@ -32,7 +32,7 @@ from torch import nn
 
 from speechrnn.padding import lengths_mask
 
-Normalization = Literal["utterance", "dataset", "none"]
+Normalization = Literal["utterance", "speaker", "dataset", "none"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,10 @@ class FeatureSettings:
     deltas: int = 0
     """0: MFCC only; 1: add deltas; 2: add deltas and delta-deltas."""
     normalize: Normalization = "utterance"
-    """'utterance': zero mean and unit variance per clip and coefficient; 'dataset': per-coefficient
-    statistics of the training split; 'none': raw coefficients."""
+    """'utterance': zero mean and unit variance per clip and coefficient; 'speaker': per-coefficient
+    statistics of all of a speaker's clips (Kaldi's per-speaker CMVN: a new voice is normalised with
+    statistics of its own unlabelled recordings, and a short clip keeps what was said); 'dataset':
+    per-coefficient statistics of the training split; 'none': raw coefficients."""
 
     def __post_init__(self) -> None:
         if self.sample_rate is not None and self.sample_rate <= 0:
@@ -72,8 +74,8 @@ class FeatureSettings:
             raise ValueError(f"features.f_max must be in (f_min, {nyquist}], got {self.f_max}")
         if self.deltas not in (0, 1, 2):
             raise ValueError(f"features.deltas must be 0, 1 or 2, got {self.deltas}")
-        if self.normalize not in ("utterance", "dataset", "none"):
-            raise ValueError(f"features.normalize must be utterance, dataset or none, got {self.normalize!r}")
+        if self.normalize not in ("utterance", "speaker", "dataset", "none"):
+            raise ValueError(f"features.normalize must be utterance, speaker, dataset or none, got {self.normalize!r}")
 
     def resolve(self, native_sample_rate: int) -> FeatureSettings:
         """These settings with ``sample_rate`` filled in when it was left to the corpus."""
@@ -129,9 +131,9 @@ def normalize_utterances(features: torch.Tensor, lengths: torch.Tensor, eps: flo
 
 
 def standardize(features: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Dataset normalisation of ``(B, T, F)``: ``(x - mean) / std`` with the training split's
-    statistics on valid frames, zeros on padding. The one place training, evaluation, inference and
-    exported models apply it."""
+    """Dataset or speaker normalisation of ``(B, T, F)``: ``(x - mean) / std`` on valid frames, zeros
+    on padding; ``mean``/``std`` are ``(F,)`` (the training split's) or ``(B, 1, F)`` (each clip's
+    speaker's). The one place training, evaluation, inference and exported models apply it."""
     valid = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1)
     return torch.where(valid, (features - mean) / std, torch.zeros_like(features))
 

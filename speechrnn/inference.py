@@ -1,7 +1,7 @@
 """From a checkpoint to probabilities: the one inference graph that :class:`Predictor` runs and
 ``export`` writes, with exactly the feature settings and statistics the model was trained on.
 
-- :class:`FeatureClassifier`: dataset normalisation, network, output activation;
+- :class:`FeatureClassifier`: dataset (or speaker) normalisation, network, output activation;
   ``(features (B, T, F), lengths (B,) frames) -> (B, C)``.
 - :class:`WaveformClassifier`: the MFCC front end before it;
   ``(waveforms (B, S) at sample_rate, lengths (B,) samples) -> (B, C)``. Every stage is masked by
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,13 @@ import torch
 from torch import nn
 
 from speechrnn.audio import AudioError, read_audio, resample, to_mono
-from speechrnn.data.base import SequenceDataModuleBase, Split
+from speechrnn.data.base import FrameMoments, SequenceDataModuleBase, Split
 from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
 from speechrnn.models.classifier import RNNClassifier, is_per_step, output_activation
 from speechrnn.models.network import SequenceClassifierNet
+
+SpeakerStatistics = tuple[torch.Tensor, torch.Tensor]
+"""A speaker's feature mean and deviation, ``(F,)`` each."""
 
 
 class FeatureClassifier(nn.Module):
@@ -33,6 +37,8 @@ class FeatureClassifier(nn.Module):
 
     Softmax probabilities for classification, raw outputs for regression. Checkpoints trained on
     feature sequences export as this; :class:`WaveformClassifier` puts the MFCC front end before it.
+    A model trained with ``features.normalize='speaker'`` takes each clip's speaker statistics
+    (``mean``, ``std``: ``(F,)`` for the whole batch or ``(B, F)``) with every call.
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class FeatureClassifier(nn.Module):
         feature_mean: list[float] | None = None,
         feature_std: list[float] | None = None,
         task: str = "classification",
+        per_speaker: bool = False,
     ) -> None:
         super().__init__()
         if (feature_mean is None) != (feature_std is None):
@@ -49,6 +56,7 @@ class FeatureClassifier(nn.Module):
         self.net = net
         self.class_names = list(class_names)
         self.task = task
+        self.per_speaker = per_speaker
         self.normalized = feature_mean is not None
         if self.normalized:
             self.register_buffer("mean", torch.tensor(feature_mean, dtype=torch.float32))
@@ -65,12 +73,32 @@ class FeatureClassifier(nn.Module):
         """Share ``model``'s network, with its ``data_config``'s labels and statistics."""
         config = model.data_config
         classifier = cls(
-            model.net, model.class_names, config.get("feature_mean"), config.get("feature_std"), model.hparams.task
+            model.net,
+            model.class_names,
+            config.get("feature_mean"),
+            config.get("feature_std"),
+            model.hparams.task,
+            per_speaker=(config.get("features") or {}).get("normalize") == "speaker",
         )
         return classifier.to(model.device)
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if self.normalized:
+    def forward(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.per_speaker:
+            if mean is None or std is None:
+                raise ValueError(
+                    "this model normalises features per speaker (features.normalize='speaker'): pass the mean and "
+                    "std of the speaker's features (Predictor.speaker_statistics computes them from recordings)"
+                )
+            if mean.dim() == 2:
+                mean, std = mean[:, None], std[:, None]
+            features = standardize(features, lengths, mean.to(features), std.to(features))
+        elif self.normalized:
             features = standardize(features, lengths, self.mean, self.std)
         return output_activation(self.net(features, lengths), self.task)
 
@@ -123,11 +151,19 @@ class WaveformClassifier(nn.Module):
     def class_names(self) -> list[str]:
         return self.classifier.class_names
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``mean``/``std``: the speaker statistics a ``normalize='speaker'`` model needs (see
+        :class:`FeatureClassifier`)."""
         # Every STFT frame is kept: an exported graph's shapes cannot depend on the lengths' values.
         lengths = lengths.to(waveforms.device, torch.int64)
         features, frame_lengths = self.frontend.compute(waveforms, lengths, frames=None)
-        return self.classifier(features, frame_lengths)
+        return self.classifier(features, frame_lengths, mean, std)
 
     def metadata(self) -> dict[str, Any]:
         """Labels, task, sample rate, the shortest usable clip (samples) and the feature settings."""
@@ -146,6 +182,10 @@ class Predictor:
 
     >>> predictor = Predictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
     >>> predictor.predict_file("yes.wav")  # {"yes": 0.97, "no": 0.01, ...}
+
+    A model trained with ``features.normalize='speaker'`` also needs the speaker's statistics:
+    ``stats, _ = predictor.speaker_statistics(that_speakers_files)`` (or ``known_speaker(name)`` for a
+    voice of the training corpus), then ``predict_file(path, stats)``.
     """
 
     def __init__(self, model: RNNClassifier, device: str | torch.device = "cpu") -> None:
@@ -153,32 +193,77 @@ class Predictor:
         self.classifier = WaveformClassifier.from_model(model.to(self.device).eval())
         self.settings = self.classifier.settings
         self.class_names = self.classifier.class_names
+        self.per_speaker = self.classifier.classifier.per_speaker
+        self._known = model.data_config.get("speaker_statistics") or {}
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
         return cls(RNNClassifier.from_checkpoint(path, map_location=device), device)
 
-    @torch.inference_mode()
-    def probabilities(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
-        """Class probabilities ``(num_classes,)`` of one waveform ``(samples,)`` or ``(samples, channels)``."""
+    def _audio(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
         samples = to_mono(np.asarray(waveform, dtype=np.float32))
         audio = resample(torch.from_numpy(np.ascontiguousarray(samples)), sample_rate, self.settings.rate)
         if audio.numel() < self.settings.win_length:
             raise ValueError(f"waveform too short: {audio.numel()} samples, need {self.settings.win_length}")
-        lengths = torch.tensor([audio.numel()], device=self.device)
-        return self.classifier(audio.to(self.device).unsqueeze(0), lengths)[0].cpu()
+        return audio.to(self.device)
 
-    def predict_waveform(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> dict[str, float]:
+    @torch.inference_mode()
+    def probabilities(
+        self, waveform: torch.Tensor | np.ndarray, sample_rate: int, speaker: SpeakerStatistics | None = None
+    ) -> torch.Tensor:
+        """Class probabilities ``(num_classes,)`` of one waveform ``(samples,)`` or ``(samples, channels)``;
+        ``speaker``: its speaker's statistics, which a ``normalize='speaker'`` model needs."""
+        audio = self._audio(waveform, sample_rate)
+        lengths = torch.tensor([audio.numel()], device=self.device)
+        mean, std = speaker if speaker is not None else (None, None)
+        return self.classifier(audio.unsqueeze(0), lengths, mean, std)[0].cpu()
+
+    @torch.inference_mode()
+    def speaker_statistics(
+        self, recordings: Iterable[str | os.PathLike], skip_errors: bool = False
+    ) -> tuple[SpeakerStatistics | None, int]:
+        """Feature mean and deviation ``(F,)`` of one speaker's recordings (files), as training
+        computed them for every speaker: over all frames of all the recordings, unlabelled (the more
+        recordings, the better), and how many recordings were used. A bad file raises
+        :class:`AudioError` naming it, or with ``skip_errors`` is left out; None when none was usable."""
+        moments = FrameMoments(1, self.classifier.classifier.net.encoder.input_size)
+        used = 0
+        for path in recordings:
+            try:
+                audio = read_audio(path, self.settings.rate, min_samples=self.settings.win_length)
+            except AudioError:
+                if not skip_errors:
+                    raise
+                continue
+            features, frames = self.classifier.frontend(audio.to(self.device).unsqueeze(0))
+            moments.add(features, frames, torch.zeros(1, dtype=torch.int64))
+            used += 1
+        if not used:
+            return None, 0
+        mean, std = moments.result()
+        return (torch.from_numpy(mean[0]), torch.from_numpy(std[0])), used
+
+    def known_speaker(self, name: str) -> SpeakerStatistics:
+        """Statistics of a speaker of the training corpus, stored in the checkpoint."""
+        if name not in self._known:
+            known = ", ".join(sorted(self._known)) or "none (the model does not normalise per speaker)"
+            raise KeyError(f"no statistics for speaker {name!r} in the checkpoint; known speakers: {known}")
+        entry = self._known[name]
+        return torch.tensor(entry["mean"]), torch.tensor(entry["std"])
+
+    def predict_waveform(
+        self, waveform: torch.Tensor | np.ndarray, sample_rate: int, speaker: SpeakerStatistics | None = None
+    ) -> dict[str, float]:
         """Label -> probability, most likely first."""
-        probabilities = self.probabilities(waveform, sample_rate)
+        probabilities = self.probabilities(waveform, sample_rate, speaker)
         order = torch.argsort(probabilities, descending=True).tolist()
         return {self.class_names[i]: float(probabilities[i]) for i in order}
 
-    def predict_file(self, path: str | os.PathLike) -> dict[str, float]:
+    def predict_file(self, path: str | os.PathLike, speaker: SpeakerStatistics | None = None) -> dict[str, float]:
         """Label -> probability for an audio file of any rate and channel count; raises
         :class:`AudioError` naming the file when it cannot be used."""
         waveform = read_audio(path, self.settings.rate, min_samples=self.settings.win_length)
-        return self.predict_waveform(waveform.numpy(), self.settings.rate)
+        return self.predict_waveform(waveform.numpy(), self.settings.rate, speaker)
 
 
 @torch.inference_mode()

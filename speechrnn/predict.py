@@ -3,6 +3,10 @@
 Each file is read at any sample rate, mono or stereo, and featurised exactly as in training (the
 settings come from the checkpoint). A file that cannot be used gets a one-line error naming it
 and the rest continue; the exit status is 1 when any file failed.
+
+A model trained with ``--data.features.normalize speaker`` normalises each voice with statistics of
+that voice's own recordings: every FILE_OR_DIR argument is taken as one speaker (a folder of one
+speaker's recordings works best), or ``--speaker NAME`` uses a training-corpus voice's statistics.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Literal
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from speechrnn.audio import AUDIO_EXTENSIONS, AudioError
-from speechrnn.errors import run_entry_point
+from speechrnn.errors import ConfigError, run_entry_point
 from speechrnn.inference import Predictor
 
 
@@ -36,6 +40,7 @@ def predict(
     top_k: int = 3,
     format: Literal["table", "jsonl"] = "table",
     device: str = "cpu",
+    speaker: str | None = None,
 ) -> int:
     """Classify audio files and print the ``top_k`` labels of each.
 
@@ -45,11 +50,17 @@ def predict(
         top_k: Labels printed per file, most likely first.
         format: ``table`` (aligned text) or ``jsonl`` (one JSON object per file).
         device: Torch device to run on.
+        speaker: For a model normalised per speaker: a speaker of its training corpus whose stored
+            statistics normalise every input. Without it each input argument is one speaker,
+            normalised with statistics of its own files.
 
     Returns:
         The process exit status: 0 when every file was classified, 1 otherwise.
     """
     predictor = Predictor.from_checkpoint(ckpt, device)
+    if speaker is not None and not predictor.per_speaker:
+        raise ConfigError(f"--speaker {speaker}: {ckpt} does not normalise per speaker; leave --speaker out")
+    known = predictor.known_speaker(speaker) if speaker is not None else None
     failures = 0
     for item in inputs:
         try:
@@ -58,9 +69,18 @@ def predict(
             failures += 1
             print(f"error: {error}", file=sys.stderr)
             continue
+        statistics = known
+        if predictor.per_speaker and statistics is None:
+            statistics, used = predictor.speaker_statistics(paths, skip_errors=True)  # bad files: reported below
+            if used == 1:
+                print(
+                    f"warning: {item}: speaker statistics from one recording; a folder of the speaker's "
+                    "recordings gives better ones",
+                    file=sys.stderr,
+                )
         for path in paths:
             try:
-                ranked = list(predictor.predict_file(path).items())[: max(1, top_k)]
+                ranked = list(predictor.predict_file(path, statistics).items())[: max(1, top_k)]
             except AudioError as error:
                 failures += 1
                 print(f"error: {error}", file=sys.stderr)
@@ -80,8 +100,15 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--top_k", "--top-k", type=int, default=3, help="labels printed per file, most likely first")
     parser.add_argument("--format", type=Literal["table", "jsonl"], default="table", help="output format")
     parser.add_argument("--device", type=str, default="cpu", help="torch device to run on")
+    parser.add_argument(
+        "--speaker",
+        type=str | None,
+        default=None,
+        help="for a model normalised per speaker: use this training-corpus speaker's statistics "
+        "(default: each FILE_OR_DIR is one speaker, normalised with its own files)",
+    )
     config = parser.parse_args(args)
-    return predict(config.ckpt, config.inputs, config.top_k, config.format, config.device)
+    return predict(config.ckpt, config.inputs, config.top_k, config.format, config.device, config.speaker)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from speechrnn.audio import AudioError, read_audio
 from speechrnn.data.augment import Augmenter, AugmentSettings
-from speechrnn.data.base import PadCollate, Record, SequenceDataModuleBase
+from speechrnn.data.base import FrameMoments, PadCollate, Record, SequenceDataModuleBase, SequenceDataset
 from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
+from speechrnn.data.sampler import BucketBatchSampler
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
-from speechrnn.padding import lengths_mask
 
 OnError = Literal["raise", "skip"]
 LongClips = Literal["error", "crop"]
@@ -335,10 +336,9 @@ class AudioDataModule(SequenceDataModuleBase):
                 audio, lengths = self.augmenter.to(audio.device).waveforms(audio, lengths, self.features.win_length)
                 warps = self.augmenter.draw_warps(len(lengths)) if self.augment.vtln_warp else None
             features, lengths = self.frontend.to(audio.device)(audio, lengths, warps)
-            if self.feature_mean is not None:
-                mean = torch.as_tensor(self.feature_mean, device=features.device)
-                std = torch.as_tensor(self.feature_std, device=features.device)
-                features = standardize(features, lengths, mean, std)
+            statistics = self.batch_statistics(rest[-1], features.device)
+            if statistics is not None:
+                features = standardize(features, lengths, *statistics)
         if augment:
             features, lengths = self.augmenter.to(features.device).features(
                 features, lengths, shift=not self.on_device_features
@@ -357,17 +357,17 @@ class AudioDataModule(SequenceDataModuleBase):
             return PadCollate()  # waveforms: statistics apply to features, after the front end
         return super().collate()
 
-    def _train_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+    def group_statistics(self, indices: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self.on_device_features:
-            return super()._train_statistics()
-        total, total_sq, count = 0.0, 0.0, 0
+            return super().group_statistics(indices, groups)
+        assert self.store is not None
+        moments = FrameMoments(int(groups.max()) + 1 if len(groups) else 1, self.feature_dim)
+        group_of = dict(zip(np.asarray(indices).tolist(), np.asarray(groups).tolist(), strict=True))
+        dataset = SequenceDataset(self.store, np.asarray(indices), np.zeros(len(self.store), np.int64))
+        sampler = BucketBatchSampler(dataset.lengths, batch_size=CACHE_CHUNK, shuffle=False)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollate(), num_workers=self.num_workers)
         with torch.inference_mode():
-            for batch in self.dataloader("train", shuffle=False, collate=PadCollate()):
-                features, lengths = self.frontend(batch[0][..., 0], batch[1])
-                valid = lengths_mask(lengths, features.shape[1]).unsqueeze(-1)
-                total = total + (features * valid).sum((0, 1)).double()
-                total_sq = total_sq + (features.square() * valid).sum((0, 1)).double()
-                count += int(lengths.sum())
-        mean = total / count
-        std = (total_sq / count - mean.square()).clamp_min(0).sqrt() + 1e-5
-        return mean.float().numpy(), std.float().numpy()
+            for audio, lengths, _, batch_indices in loader:
+                features, frame_lengths = self.frontend(audio[..., 0], lengths)
+                moments.add(features, frame_lengths, torch.tensor([group_of[int(i)] for i in batch_indices]))
+        return moments.result()

@@ -26,7 +26,7 @@ from speechrnn.data.cache import FeatureStore
 from speechrnn.data.sampler import BucketBatchSampler
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings, standardize
-from speechrnn.padding import PADDED_CLASS
+from speechrnn.padding import PADDED_CLASS, lengths_mask
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -126,11 +126,14 @@ def pad_targets(targets: list[Any], width: int) -> torch.Tensor:
 
 
 class PadCollate:
-    """Pad a list of items into the documented batch, applying dataset statistics when given."""
+    """Pad a list of items into the documented batch, applying normalisation statistics when given:
+    ``(F,)`` for every item (dataset statistics) or, with ``by_index``, ``(N, F)`` rows picked by
+    each item's index (its speaker's statistics)."""
 
-    def __init__(self, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> None:
+    def __init__(self, mean: np.ndarray | None = None, std: np.ndarray | None = None, by_index: bool = False) -> None:
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32)
+        self.by_index = by_index
 
     def __call__(self, items: list[tuple[np.ndarray, Any, int]]) -> tuple[torch.Tensor, ...]:
         lengths = torch.tensor([len(item[0]) for item in items], dtype=torch.int64)
@@ -138,10 +141,11 @@ class PadCollate:
         for row, (array, _, _) in enumerate(items):
             padded[row, : len(array)] = array
         features = torch.from_numpy(padded)
-        if self.mean is not None:
-            features = standardize(features, lengths, self.mean, self.std)
-        targets = pad_targets([item[1] for item in items], int(lengths.max()))
         indices = torch.tensor([item[2] for item in items], dtype=torch.int64)
+        if self.mean is not None:
+            mean, std = (self.mean[indices, None], self.std[indices, None]) if self.by_index else (self.mean, self.std)
+            features = standardize(features, lengths, mean, std)
+        targets = pad_targets([item[1] for item in items], int(lengths.max()))
         return features, lengths, targets, indices
 
 
@@ -203,6 +207,9 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         self.splits: dict[str, np.ndarray] = {}
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
+        self.speaker_statistics: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        """Per-speaker feature mean and deviation when ``features.normalize`` is ``speaker``."""
+        self._item_statistics: tuple[np.ndarray, np.ndarray] | None = None
         self.validation = ""
         """What validation measures (:meth:`describe_validation`), set by :meth:`setup`."""
         self.required_splits: tuple[Split, ...] = ("train",)
@@ -239,6 +246,11 @@ class SequenceDataModuleBase(pl.LightningDataModule):
     def normalize_with_dataset_stats(self) -> bool:
         settings = self.feature_settings
         return settings is not None and settings.normalize == "dataset"
+
+    @property
+    def normalize_per_speaker(self) -> bool:
+        settings = self.feature_settings
+        return settings is not None and settings.normalize == "speaker"
 
     # --- derived ------------------------------------------------------------------------------
     @property
@@ -279,6 +291,11 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             "features": settings.to_dict() if settings is not None else None,
             "feature_mean": None if self.feature_mean is None else self.feature_mean.tolist(),
             "feature_std": None if self.feature_std is None else self.feature_std.tolist(),
+            "speaker_statistics": {
+                speaker: {"mean": mean.tolist(), "std": std.tolist()}
+                for speaker, (mean, std) in sorted(self.speaker_statistics.items())
+            }
+            or None,
             "validation": self.validation,
         }
 
@@ -294,6 +311,13 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         Returns the split of each record."""
         records = self.records if records is None else records
         name = type(self).__name__
+        if self.normalize_per_speaker:
+            unknown = [r.source for r in records if not r.speaker]
+            if unknown:
+                raise UserInputError(
+                    f"{name}: features.normalize='speaker' needs every example's speaker; {len(unknown)} have "
+                    f"none, e.g. {unknown[0]}"
+                )
         splits = self.record_splits(records)
         if self.task == "classification":
             labels = sorted({r.label for r in records})
@@ -334,7 +358,21 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         if shared:
             warnings.warn(f"{type(self).__name__}: validation {self.validation}", stacklevel=2)
         if self.normalize_with_dataset_stats or self.use_dataset_stats():
-            self.feature_mean, self.feature_std = self._train_statistics()
+            mean, std = self.group_statistics(self.splits["train"], np.zeros(len(self.splits["train"]), np.int64))
+            self.feature_mean, self.feature_std = mean[0], std[0]
+        if self.normalize_per_speaker:
+            self._set_speaker_statistics()
+
+    def _set_speaker_statistics(self) -> None:
+        """Statistics of every speaker over all of its clips, whatever their split: a held-out
+        voice is normalised with its own unlabelled recordings, as it will be in use."""
+        speakers = [self.record_of(index).speaker for index in range(len(self.store_records))]
+        names = sorted(set(speakers))
+        position = {name: i for i, name in enumerate(names)}
+        group = np.array([position[s] for s in speakers], np.int64)
+        mean, std = self.group_statistics(np.arange(len(speakers)), group)
+        self.speaker_statistics = {name: (mean[i], std[i]) for i, name in enumerate(names)}
+        self._item_statistics = (mean[group], std[group])
 
     def describe_validation(self) -> tuple[str, bool]:
         """What the validation split measures, in words for the run's report (accuracy on voices
@@ -377,19 +415,26 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         if missing:
             raise UserInputError(f"{type(self).__name__}: classes with no training examples: {missing}")
 
-    def _train_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+    def group_statistics(self, indices: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature mean and deviation ``(G, F)`` float32 over the frames of the stored sequences
+        ``indices``, pooled by ``groups`` (a group number in ``[0, G)`` for each)."""
+        moments = FrameMoments(int(groups.max()) + 1 if len(groups) else 1, self.feature_dim)
         assert self.store is not None
-        total = np.zeros(self.feature_dim, np.float64)
-        total_sq = np.zeros(self.feature_dim, np.float64)
-        count = 0
-        for index in self.splits["train"]:
-            frames = np.asarray(self.store[index], dtype=np.float64)
-            total += frames.sum(0)
-            total_sq += np.square(frames).sum(0)
-            count += len(frames)
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)) + 1e-5
-        return mean.astype(np.float32), std.astype(np.float32)
+        for index, group in zip(indices, groups, strict=True):
+            frames = torch.from_numpy(np.asarray(self.store[int(index)], dtype=np.float64))
+            moments.add(frames[None], torch.tensor([len(frames)]), torch.tensor([int(group)]))
+        return moments.result()
+
+    def batch_statistics(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Normalisation statistics of a batch whose features are not normalised yet: ``(F,)``
+        dataset statistics, ``(B, 1, F)`` of each clip's speaker, or None."""
+        if self._item_statistics is not None:
+            rows = indices.cpu().numpy()
+            mean, std = (torch.as_tensor(s[rows][:, None], device=device) for s in self._item_statistics)
+            return mean, std
+        if self.feature_mean is not None:
+            return torch.as_tensor(self.feature_mean, device=device), torch.as_tensor(self.feature_std, device=device)
+        return None
 
     def targets(self) -> np.ndarray:
         """Target of each stored sequence (class indices)."""
@@ -417,7 +462,9 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         return batch
 
     def collate(self) -> PadCollate:
-        """The batch builder (applies training-split statistics when normalising with them)."""
+        """The batch builder (applies training-split or speaker statistics when normalising with them)."""
+        if self._item_statistics is not None:
+            return PadCollate(*self._item_statistics, by_index=True)
         return PadCollate(self.feature_mean, self.feature_std)
 
     def dataloader(
@@ -468,3 +515,27 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         if state_dict.get("feature_mean") is not None:
             self.feature_mean = np.asarray(state_dict["feature_mean"], np.float32)
             self.feature_std = np.asarray(state_dict["feature_std"], np.float32)
+
+
+class FrameMoments:
+    """Running per-group sums of feature frames, for means and deviations over many padded batches."""
+
+    def __init__(self, groups: int, dim: int) -> None:
+        self.total = torch.zeros(groups, dim, dtype=torch.float64)
+        self.total_sq = torch.zeros(groups, dim, dtype=torch.float64)
+        self.count = torch.zeros(groups, dtype=torch.float64)
+
+    def add(self, features: torch.Tensor, lengths: torch.Tensor, groups: torch.Tensor) -> None:
+        """Add the valid frames of ``features (B, T, F)`` to each row's group ``(B,)``."""
+        valid = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1)
+        frames = (features.double() * valid).cpu()
+        self.total.index_add_(0, groups.cpu(), frames.sum(1))
+        self.total_sq.index_add_(0, groups.cpu(), frames.square().sum(1))
+        self.count.index_add_(0, groups.cpu(), lengths.cpu().double())
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std + 1e-5)`` per group, float32 ``(G, F)``."""
+        count = self.count.clamp_min(1)[:, None]
+        mean = self.total / count
+        std = (self.total_sq / count - mean.square()).clamp_min(0).sqrt() + 1e-5
+        return mean.float().numpy(), std.float().numpy()

@@ -242,6 +242,11 @@ def write_shards(
     name = type(datamodule).__name__
     if getattr(datamodule, "on_device_features", False):
         raise ConfigError(f"{name}: shards hold features; build them with on_device_features false")
+    if getattr(datamodule, "normalize_per_speaker", False):
+        raise ConfigError(
+            f"{name}: shards hold features with dataset statistics only; features.normalize='speaker' is not "
+            "supported (use 'utterance' or 'dataset')"
+        )
     if datamodule.task not in ("classification", "regression"):
         raise ConfigError(f"{name}: shards hold one target per clip; task {datamodule.task} is not supported")
     augment = getattr(datamodule, "augment", None)

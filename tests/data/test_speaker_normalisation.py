@@ -1,0 +1,166 @@
+"""Per-speaker normalisation: statistics over all of a speaker's clips, the same on the cached and
+on-device paths, in the checkpoint, and at inference from a new speaker's own recordings."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from speechrnn.data import AudioFolderDataModule
+from speechrnn.errors import ConfigError, UserInputError
+from speechrnn.features import FeatureSettings
+
+SPEAKER = FeatureSettings(deltas=1, normalize="speaker")
+RAW = FeatureSettings(deltas=1, normalize="none")
+
+
+def module(manifest: Path, cache: Path, settings: FeatureSettings, **kwargs) -> AudioFolderDataModule:
+    dm = AudioFolderDataModule(manifest=manifest, cache_dir=cache, features=settings, batch_size=4, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def expected_statistics(raw: AudioFolderDataModule) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    frames: dict[str, list[np.ndarray]] = {}
+    for index in range(len(raw.store_records)):
+        frames.setdefault(raw.record_of(index).speaker, []).append(np.asarray(raw.store[index], np.float64))
+    return {s: (np.concatenate(f).mean(0), np.concatenate(f).std(0) + 1e-5) for s, f in frames.items()}
+
+
+def test_every_split_is_normalised_with_its_speakers_statistics(tiny_corpus: Path, tmp_path: Path) -> None:
+    raw = module(tiny_corpus, tmp_path / "c", RAW)
+    dm = module(tiny_corpus, tmp_path / "c", SPEAKER)
+    expected = expected_statistics(raw)
+    assert sorted(dm.speaker_statistics) == sorted(expected) == [f"spk{i}" for i in range(6)]
+    held_out = {dm.record_of(int(i)).speaker for i in dm.splits["test"]}
+    assert held_out and not held_out & {dm.record_of(int(i)).speaker for i in dm.splits["train"]}
+    for speaker, (mean, std) in expected.items():
+        np.testing.assert_allclose(dm.speaker_statistics[speaker][0], mean, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(dm.speaker_statistics[speaker][1], std, rtol=1e-5, atol=1e-4)
+    for split in ("train", "test"):
+        for features, lengths, _, indices in dm.dataloader(split, shuffle=False):
+            for row, (index, length) in enumerate(zip(indices.tolist(), lengths.tolist(), strict=True)):
+                mean, std = expected[dm.record_of(index).speaker]
+                want = (np.asarray(raw.store[index]) - mean) / std
+                np.testing.assert_allclose(features[row, :length].numpy(), want, rtol=1e-4, atol=1e-4)
+                assert torch.all(features[row, length:] == 0)
+    stored = dm.data_config["speaker_statistics"]
+    assert sorted(stored) == sorted(expected)
+    np.testing.assert_allclose(stored["spk0"]["mean"], expected["spk0"][0], rtol=1e-5, atol=1e-4)
+    assert raw.data_config["speaker_statistics"] is None
+
+
+def test_on_device_speaker_normalisation_equals_the_cached_path(tiny_corpus: Path, tmp_path: Path) -> None:
+    cached = module(tiny_corpus, tmp_path / "c", SPEAKER)
+    device = module(tiny_corpus, tmp_path / "c", SPEAKER, on_device_features=True)
+    for speaker, (mean, std) in cached.speaker_statistics.items():
+        np.testing.assert_allclose(device.speaker_statistics[speaker][0], mean, rtol=1e-4, atol=2e-4)
+        np.testing.assert_allclose(device.speaker_statistics[speaker][1], std, rtol=1e-4, atol=2e-4)
+    for a, b in zip(cached.dataloader("test", shuffle=False), device.dataloader("test", shuffle=False), strict=True):
+        features, lengths, _, indices = device.featurize(b)
+        assert torch.equal(indices, a[3]) and torch.equal(lengths, a[1])
+        torch.testing.assert_close(features, a[0], rtol=1e-4, atol=5e-4)
+
+
+def test_speaker_normalisation_needs_every_speaker_before_any_audio_is_read(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "label", "speaker"], ["a.wav", "x", "s1"], ["b.wav", "y", ""]])
+    dm = AudioFolderDataModule(manifest=manifest, cache_dir=tmp_path / "cache", features=SPEAKER)
+    with pytest.raises(UserInputError, match=r"normalize='speaker' needs every example's speaker; 1 have none.*b\.wav"):
+        dm.prepare_data()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_feature_settings_name_the_speaker_option() -> None:
+    with pytest.raises(ValueError, match="utterance, speaker, dataset or none"):
+        FeatureSettings(normalize="global")
+
+
+@pytest.fixture(scope="module")
+def speaker_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from speechrnn.fit import main as fit
+    from tests.conftest import write_corpus
+
+    root = tmp_path_factory.mktemp("speaker")
+    manifest = write_corpus(root / "corpus", speakers=6, per_class=3)
+    fit([
+        "--data", "AudioFolderDataModule", "--data.manifest", str(manifest), "--data.cache_dir", str(root / "cache"),
+        "--data.features.normalize", "speaker", "--data.features.deltas", "1", "--data.batch_size", "8",
+        "--model.hidden_size", "8",
+        "--model.num_layers", "1", "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(root / "runs"),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ])  # fmt: skip
+    checkpoint = next((root / "runs").rglob("last.ckpt"))
+    return checkpoint, manifest, root / "cache"
+
+
+def test_inference_with_a_new_speakers_recordings_equals_evaluation(speaker_checkpoint) -> None:
+    from speechrnn.inference import Predictor, predict_split
+    from speechrnn.models.classifier import RNNClassifier
+
+    checkpoint, manifest, cache = speaker_checkpoint
+    model = RNNClassifier.from_checkpoint(checkpoint)
+    dm = module(manifest, cache, SPEAKER)
+    _, probabilities, sources, speakers, _ = predict_split(model, dm, "test")
+    predictor = Predictor(model)
+    with pytest.raises(ValueError, match="normalises features per speaker"):
+        predictor.predict_file(sources[0])
+    for speaker in sorted(set(speakers)):
+        files = [dm.record_of(i).source for i in range(len(dm.store_records)) if dm.record_of(i).speaker == speaker]
+        statistics, used = predictor.speaker_statistics(files)
+        assert used == len(files)
+        stored = predictor.known_speaker(speaker)
+        torch.testing.assert_close(statistics[0], stored[0], rtol=1e-4, atol=2e-4)
+        for source, row in zip(sources, probabilities, strict=True):
+            if source in files:
+                with torch.inference_mode():
+                    got = predictor.classifier(*_one(predictor, source), *statistics)[0]
+                np.testing.assert_allclose(got.numpy(), row, rtol=1e-3, atol=1e-4)
+    with pytest.raises(KeyError, match="known speakers: spk0"):
+        predictor.known_speaker("nobody")
+
+
+def _one(predictor, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from speechrnn.audio import read_audio
+
+    audio = read_audio(source, predictor.settings.rate, min_samples=predictor.settings.win_length)
+    return audio.unsqueeze(0), torch.tensor([audio.numel()])
+
+
+def test_predict_takes_each_input_as_one_speaker(speaker_checkpoint, tmp_path: Path, capsys) -> None:
+    from speechrnn.predict import main as predict
+
+    checkpoint, manifest, _ = speaker_checkpoint
+    folder = manifest.parent / "up"
+    assert predict(["--ckpt", str(checkpoint), str(folder), "--top_k", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(list(folder.glob("*.wav"))) and all(line.split("\t")[1].split()[0] for line in lines)
+    one = sorted(folder.glob("*.wav"))[0]
+    assert predict(["--ckpt", str(checkpoint), str(one), "--speaker", "spk1"]) == 0
+    assert "speaker statistics from one recording" not in capsys.readouterr().err
+    assert predict(["--ckpt", str(checkpoint), str(one)]) == 0
+    assert "speaker statistics from one recording" in capsys.readouterr().err
+
+
+def test_export_refuses_a_per_speaker_model_by_name(speaker_checkpoint, tmp_path: Path) -> None:
+    from speechrnn.export import export
+
+    checkpoint = speaker_checkpoint[0]
+    with pytest.raises(ConfigError, match="normalises features per speaker"):
+        export(checkpoint, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_shards_refuse_per_speaker_normalisation(tiny_corpus: Path, tmp_path: Path) -> None:
+    pytest.importorskip("litdata")
+    from speechrnn.data.shards import write_shards
+
+    dm = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=tmp_path / "c", features=SPEAKER)
+    with pytest.raises(ConfigError, match="normalize='speaker' is not supported"):
+        write_shards(dm, tmp_path / "shards")
+    assert not (tmp_path / "shards").exists()
