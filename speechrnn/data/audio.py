@@ -183,7 +183,7 @@ class AudioDataModule(SequenceDataModuleBase):
         self.augment = augment
         if augment.needs_waveforms and not on_device_features:
             raise ConfigError(
-                "augment.noise_dir, coloured_noise, speed_factors and vtln_warp need on_device_features=True "
+                "augment.noise_dir, coloured_noise, speed_factors, vtln_warp and gain_db need on_device_features=True "
                 "(they work on waveforms, which only the waveform cache keeps)"
             )
         self.voice_activity = voice_activity

@@ -1,5 +1,5 @@
 """Training-time augmentation on padded batches: time shift, speed perturbation, vocal-tract-length
-perturbation, background or coloured noise, SpecAugment masks.
+perturbation, gain, background or coloured noise, SpecAugment masks.
 
 Everything works on whole batches (on the accelerator when the batch is there) and keeps
 ``lengths`` on the CPU. Shifts, speeds, warps and noise draw from a seeded ``torch.Generator``;
@@ -45,6 +45,10 @@ class AugmentSettings:
     vtln_warp: float = 0.0
     """Vocal-tract-length perturbation: each clip's mel filterbank reads a frequency axis warped by
     a factor drawn uniformly from ``[1 - vtln_warp, 1 + vtln_warp]``; 0 turns it off."""
+    gain_db: float = 0.0
+    """Largest change of each clip's level in dB (drawn uniformly in ``[-gain_db, gain_db]``): per
+    recording level differences, which per-speaker normalisation keeps (per-utterance normalisation
+    removes them, so gain changes nothing there); 0 turns it off."""
     freq_masks: int = 0
     """SpecAugment: number of frequency masks per clip."""
     freq_mask_width: int = 8
@@ -66,6 +70,8 @@ class AugmentSettings:
             raise ValueError(f"augment.noise_probability must be in [0, 1], got {self.noise_probability}")
         if any(not 0.5 <= factor <= 2.0 for factor in self.speed_factors):
             raise ValueError(f"augment.speed_factors must lie in [0.5, 2], got {self.speed_factors}")
+        if self.gain_db < 0:
+            raise ValueError(f"augment.gain_db must be >= 0, got {self.gain_db}")
         if not 0 <= self.vtln_warp < 0.5:
             raise ValueError(f"augment.vtln_warp must be in [0, 0.5), got {self.vtln_warp}")
         for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
@@ -79,7 +85,7 @@ class AugmentSettings:
     @property
     def needs_waveforms(self) -> bool:
         """Whether some part works on waveforms (and so needs ``on_device_features``)."""
-        return bool(self.noise_dir or self.coloured_noise or self.speeds or self.vtln_warp)
+        return bool(self.noise_dir or self.coloured_noise or self.speeds or self.vtln_warp or self.gain_db)
 
     @property
     def speeds(self) -> tuple[float, ...]:
@@ -137,12 +143,15 @@ class Augmenter(nn.Module):
     def waveforms(
         self, audio: torch.Tensor, lengths: torch.Tensor, min_samples: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Time shift, speed perturbation and noise on ``(batch, samples)`` waveforms."""
+        """Time shift, speed perturbation, gain and noise on ``(batch, samples)`` waveforms."""
         if self.settings.time_shift_ms:
             audio, lengths = shift_sequences(audio, lengths, self._draw_shifts(len(lengths), 1), min_samples)
         if self.settings.speeds:
             choice = torch.randint(len(self.settings.speeds), (len(lengths),), generator=self.generator)
             audio, lengths = self.change_speed(audio, lengths, choice, min_samples)
+        if self.settings.gain_db:
+            decibels = self.settings.gain_db * (2 * torch.rand(len(lengths), generator=self.generator) - 1)
+            audio = audio * (10 ** (decibels / 20)).to(audio)[:, None]
         if self.noise.numel():
             audio = self._mix(audio, lengths, self._noise_segments(audio.shape[0], audio.shape[1]))
         elif self.settings.coloured_noise:

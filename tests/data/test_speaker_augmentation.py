@@ -1,4 +1,4 @@
-"""Speaker-variability augmentation: speed perturbation, VTLN and coloured noise, batched and seeded."""
+"""Speaker-variability augmentation: speed perturbation, VTLN, gain and coloured noise, batched and seeded."""
 
 from __future__ import annotations
 
@@ -101,8 +101,33 @@ def test_coloured_noise_is_mixed_at_the_requested_snr_and_seeded() -> None:
         assert torch.all(noisy[row, length:] == 0)
 
 
+def test_gain_scales_each_clip_within_the_range_seeded_and_only_shifts_c0() -> None:
+    settings = AugmentSettings(gain_db=6.0, seed=2)
+    audio, lengths = clips([4000, 3000, 1000, 2500])
+    louder, same_lengths = Augmenter(settings, RATE, 80).waveforms(audio, lengths, 200)
+    again, _ = Augmenter(settings, RATE, 80).waveforms(audio, lengths, 200)
+    assert torch.equal(louder, again) and torch.equal(same_lengths, lengths)
+    ratio = louder.abs().amax(1) / audio.abs().amax(1)
+    decibels = 20 * torch.log10(ratio)
+    assert torch.all(decibels.abs() <= 6.0) and decibels.std() > 0.5
+    assert torch.allclose(louder, audio * ratio[:, None], rtol=1e-5, atol=1e-7)
+    frontend = MFCCFrontend(FeatureSettings(sample_rate=RATE, n_mfcc=13, n_mels=30, normalize="none"))
+    before, frames = frontend(audio, lengths)
+    after, _ = frontend(louder, lengths)
+    valid = (torch.arange(before.shape[1])[None] < frames[:, None])[..., None]
+    offset = (after - before)[..., 0]  # c0 moves by the gain in dB times sqrt(n_mels) (orthonormal DCT)
+    torch.testing.assert_close(offset * valid[..., 0], (decibels[:, None] * 30**0.5).expand_as(offset) * valid[..., 0])
+    torch.testing.assert_close(after[..., 1:], before[..., 1:], rtol=1e-4, atol=2e-3)
+    with pytest.raises(ValueError, match="gain_db must be >= 0"):
+        AugmentSettings(gain_db=-1)
+
+
 def test_waveform_augmentation_needs_the_waveform_cache(tiny_corpus: Path) -> None:
-    for augment in (AugmentSettings(speed_factors=(0.9, 1.1)), AugmentSettings(vtln_warp=0.1)):
+    for augment in (
+        AugmentSettings(speed_factors=(0.9, 1.1)),
+        AugmentSettings(vtln_warp=0.1),
+        AugmentSettings(gain_db=3),
+    ):
         with pytest.raises(ConfigError, match="need on_device_features=True"):
             AudioFolderDataModule(manifest=tiny_corpus, augment=augment)
     with pytest.raises(ValueError, match="vtln_warp must be in"):
