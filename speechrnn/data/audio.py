@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from speechrnn.audio import AudioError, read_audio
-from speechrnn.data.augment import Augmenter, AugmentSettings
+from speechrnn.data.augment import WARP_GRID, AugmentedStatistics, Augmenter, AugmentSettings
 from speechrnn.data.base import FrameMoments, PadCollate, Record, SequenceDataModuleBase, SequenceDataset
 from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
 from speechrnn.data.sampler import BucketBatchSampler
@@ -28,6 +28,8 @@ CACHE_CHUNK = 64  # files featurised per call (padded batches of similar length)
 OUTLIER_RATIO = 10.0
 """Clips this many times longer than the corpus's median are listed in a warning."""
 VOICE_ACTIVITY_CLASSES = ("non-speech", "speech")
+AUGMENTED_STATISTICS_CLIPS = 100
+"""Training clips per speaker from which speed and warp effects on its statistics are measured."""
 
 
 def speech_frames(segments: tuple[tuple[float, float], ...], num_frames: int, settings: FeatureSettings) -> np.ndarray:
@@ -195,6 +197,7 @@ class AudioDataModule(SequenceDataModuleBase):
         self.cache: MemmapFeatureCache | None = None
         self._frontend: MFCCFrontend | None = None
         self._augmenter: Augmenter | None = None
+        self._augmented_statistics: AugmentedStatistics | None = None
 
     native_sample_rate: int = 16000
     """Feature sample rate used when ``features.sample_rate`` is left unset."""
@@ -331,12 +334,18 @@ class AudioDataModule(SequenceDataModuleBase):
         lengths = lengths.cpu()  # Lightning moved them with the batch; sizes and indices stay on the CPU
         augment = training and self.augment.enabled
         if self.on_device_features:
-            audio, warps = features[..., 0], None
+            audio, warps, speeds = features[..., 0], None, None
             if augment:
-                audio, lengths = self.augmenter.to(audio.device).waveforms(audio, lengths, self.features.win_length)
-                warps = self.augmenter.draw_warps(len(lengths)) if self.augment.vtln_warp else None
+                augmenter = self.augmenter.to(audio.device)
+                speeds = augmenter.draw_speeds(len(lengths)) if self.augment.speeds else None
+                audio, lengths = augmenter.waveforms(audio, lengths, self.features.win_length, speeds)
+                warps = augmenter.draw_warps(len(lengths)) if self.augment.vtln_warp else None
             features, lengths = self.frontend.to(audio.device)(audio, lengths, warps)
             statistics = self.batch_statistics(rest[-1], features.device)
+            if augment and statistics is not None and self._augmented_statistics is not None:
+                assert self.speaker_groups is not None
+                groups = torch.from_numpy(self.speaker_groups[rest[-1].cpu().numpy()])
+                statistics = self._augmented_statistics.adjust(*statistics, groups, speeds, warps)
             if statistics is not None:
                 features = standardize(features, lengths, *statistics)
         if augment:
@@ -357,7 +366,11 @@ class AudioDataModule(SequenceDataModuleBase):
             return PadCollate()  # waveforms: statistics apply to features, after the front end
         return super().collate()
 
-    def group_statistics(self, indices: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def group_statistics(
+        self, indices: np.ndarray, groups: np.ndarray, speed: int | None = None, warp: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`SequenceDataModuleBase.group_statistics`; on waveforms, optionally with every
+        clip at speed ``augment.speeds[speed]`` or read through a filterbank warped by ``warp``."""
         if not self.on_device_features:
             return super().group_statistics(indices, groups)
         assert self.store is not None
@@ -368,6 +381,52 @@ class AudioDataModule(SequenceDataModuleBase):
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=PadCollate(), num_workers=self.num_workers)
         with torch.inference_mode():
             for audio, lengths, _, batch_indices in loader:
-                features, frame_lengths = self.frontend(audio[..., 0], lengths)
+                audio = audio[..., 0]
+                if speed is not None:
+                    choice = torch.full((len(lengths),), speed, dtype=torch.int64)
+                    audio, lengths = self.augmenter.change_speed(audio, lengths, choice, self.features.win_length)
+                warps = None if warp is None else torch.full((len(lengths),), warp)
+                features, frame_lengths = self.frontend(audio, lengths, warps)
                 moments.add(features, frame_lengths, torch.tensor([group_of[int(i)] for i in batch_indices]))
         return moments.result()
+
+    def _set_speaker_statistics(self) -> None:
+        super()._set_speaker_statistics()
+        augment = self.augment
+        self._augmented_statistics = None
+        if self.on_device_features and augment.augmented_statistics and (augment.speeds or augment.vtln_warp):
+            self._augmented_statistics = self._measure_augmented_statistics()
+
+    def _measure_augmented_statistics(self) -> AugmentedStatistics:
+        """Each training speaker's statistics at every speed and on a grid of warps, from up to
+        :data:`AUGMENTED_STATISTICS_CLIPS` of its training clips, relative to the same clips unchanged."""
+        assert self.speaker_groups is not None
+        groups = self.speaker_groups
+        train = self.splits["train"]
+        rng = np.random.default_rng(self.seed)
+        sample = np.concatenate(
+            [rng.permutation(train[groups[train] == g])[:AUGMENTED_STATISTICS_CLIPS] for g in np.unique(groups[train])]
+        )
+        count, dim = len(self.speaker_statistics), self.feature_dim
+        sample_groups = groups[sample]
+
+        def relative(**change: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            mean, std = self.group_statistics(sample, sample_groups, **change)
+            shift = torch.zeros(count, dim)
+            scale = torch.ones(count, dim)
+            seen = np.unique(sample_groups)
+            shift[seen] = torch.from_numpy(mean[seen] - clean_mean[seen])
+            scale[seen] = torch.from_numpy(std[seen] / clean_std[seen])
+            return shift, scale
+
+        clean_mean, clean_std = self.group_statistics(sample, sample_groups)
+        speeds = [relative(speed=k) for k in range(len(self.augment.speeds))]
+        grid = torch.linspace(1 - self.augment.vtln_warp, 1 + self.augment.vtln_warp, WARP_GRID)
+        warps = [relative(warp=float(w)) for w in grid] if self.augment.vtln_warp else []
+
+        def stack(parts: list[tuple[torch.Tensor, torch.Tensor]], which: int) -> torch.Tensor:
+            if not parts:
+                return torch.zeros(count, 0, dim)
+            return torch.stack([part[which] for part in parts], dim=1)
+
+        return AugmentedStatistics(stack(speeds, 0), stack(speeds, 1), grid, stack(warps, 0), stack(warps, 1))

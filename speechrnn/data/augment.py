@@ -57,6 +57,10 @@ class AugmentSettings:
     """SpecAugment: number of time masks per clip."""
     time_mask_width: int = 10
     """SpecAugment: largest width of a time mask (frames)."""
+    augmented_statistics: bool = True
+    """With ``features.normalize='speaker'``: normalise a speed-perturbed or warped clip with its
+    speaker's statistics under the same speed and warp (a new voice is normalised with its own
+    statistics, so a simulated one should be too) instead of the clean recordings' statistics."""
     seed: int = 0
     """Seed of the shift and noise draws."""
 
@@ -111,6 +115,57 @@ def shift_sequences(
     return shifted, new_lengths
 
 
+WARP_GRID = 9
+"""Warp factors at which :class:`AugmentedStatistics` measures each speaker (interpolated between)."""
+
+
+class AugmentedStatistics:
+    """How speed perturbation and vocal-tract-length warps move each speaker's feature statistics:
+    per speaker ``g``, speed index ``k`` and warp ``w``, the mean moves by ``speed_shift[g, k] +
+    warp_shift[g, w]`` and the deviation scales by ``speed_scale[g, k] * warp_scale[g, w]`` (the two
+    effects are measured apart and combined; warps between grid points are interpolated)."""
+
+    def __init__(
+        self,
+        speed_shift: torch.Tensor,
+        speed_scale: torch.Tensor,
+        warp_grid: torch.Tensor,
+        warp_shift: torch.Tensor,
+        warp_scale: torch.Tensor,
+    ) -> None:
+        self.speed_shift, self.speed_scale = speed_shift, speed_scale  # (G, K, F)
+        self.warp_grid = warp_grid  # (W,)
+        self.warp_shift, self.warp_scale = warp_shift, warp_scale  # (G, W, F)
+
+    def adjust(
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        groups: torch.Tensor,
+        speeds: torch.Tensor | None,
+        warps: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean per-clip statistics ``(B, 1, F)`` of speakers ``groups (B,)`` -> those of the clips
+        under their ``speeds`` and ``warps`` (either may be None: not applied)."""
+        shift = torch.zeros_like(mean[:, 0])
+        scale = torch.ones_like(std[:, 0])
+        if speeds is not None and self.speed_shift.shape[1]:
+            shift = shift + self.speed_shift[groups, speeds].to(shift)
+            scale = scale * self.speed_scale[groups, speeds].to(scale)
+        if warps is not None and len(self.warp_grid) > 1:
+            grid = self.warp_grid
+            position = ((warps.cpu() - grid[0]) / (grid[1] - grid[0])).clamp(0, len(grid) - 1)
+            low = position.floor().long().clamp(max=len(grid) - 2)
+            frac = (position - low)[:, None]
+            for table, combine in ((self.warp_shift, "add"), (self.warp_scale, "mul")):
+                value = table[groups, low] * (1 - frac) + table[groups, low + 1] * frac
+                if combine == "add":
+                    shift = shift + value.to(shift)
+                else:
+                    scale = scale * value.to(scale)
+        return mean + shift[:, None], std * scale[:, None]
+
+
 class Augmenter(nn.Module):
     """Applies :class:`AugmentSettings` to training batches (waveforms or features)."""
 
@@ -140,14 +195,19 @@ class Augmenter(nn.Module):
         largest = int(self.settings.time_shift_ms * self.sample_rate / 1000 / unit_samples)
         return torch.randint(-largest, largest + 1, (count,), generator=self.generator)
 
+    def draw_speeds(self, count: int) -> torch.Tensor:
+        """Index into ``settings.speeds`` of each of ``count`` clips."""
+        return torch.randint(len(self.settings.speeds), (count,), generator=self.generator)
+
     def waveforms(
-        self, audio: torch.Tensor, lengths: torch.Tensor, min_samples: int
+        self, audio: torch.Tensor, lengths: torch.Tensor, min_samples: int, speeds: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Time shift, speed perturbation, gain and noise on ``(batch, samples)`` waveforms."""
+        """Time shift, speed perturbation (``speeds``: each clip's index into ``settings.speeds``, drawn
+        when None), gain and noise on ``(batch, samples)`` waveforms."""
         if self.settings.time_shift_ms:
             audio, lengths = shift_sequences(audio, lengths, self._draw_shifts(len(lengths), 1), min_samples)
         if self.settings.speeds:
-            choice = torch.randint(len(self.settings.speeds), (len(lengths),), generator=self.generator)
+            choice = self.draw_speeds(len(lengths)) if speeds is None else speeds
             audio, lengths = self.change_speed(audio, lengths, choice, min_samples)
         if self.settings.gain_db:
             decibels = self.settings.gain_db * (2 * torch.rand(len(lengths), generator=self.generator) - 1)

@@ -210,6 +210,8 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         self.speaker_statistics: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         """Per-speaker feature mean and deviation when ``features.normalize`` is ``speaker``."""
         self._item_statistics: tuple[np.ndarray, np.ndarray] | None = None
+        self.speaker_groups: np.ndarray | None = None
+        """Position in ``sorted(speaker_statistics)`` of each stored sequence's speaker."""
         self.validation = ""
         """What validation measures (:meth:`describe_validation`), set by :meth:`setup`."""
         self.required_splits: tuple[Split, ...] = ("train",)
@@ -373,6 +375,7 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         mean, std = self.group_statistics(np.arange(len(speakers)), group)
         self.speaker_statistics = {name: (mean[i], std[i]) for i, name in enumerate(names)}
         self._item_statistics = (mean[group], std[group])
+        self.speaker_groups = group
 
     def describe_validation(self) -> tuple[str, bool]:
         """What the validation split measures, in words for the run's report (accuracy on voices

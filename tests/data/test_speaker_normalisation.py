@@ -164,3 +164,39 @@ def test_shards_refuse_per_speaker_normalisation(tiny_corpus: Path, tmp_path: Pa
     with pytest.raises(ConfigError, match="normalize='speaker' is not supported"):
         write_shards(dm, tmp_path / "shards")
     assert not (tmp_path / "shards").exists()
+
+
+def test_augmented_statistics_interpolate_warps_and_pick_speeds() -> None:
+    from speechrnn.data.augment import AugmentedStatistics
+
+    speed_shift = torch.tensor([[[1.0], [2.0]], [[3.0], [4.0]]])  # (G=2, K=2, F=1)
+    warp_shift = torch.tensor([[[0.0], [10.0], [20.0]], [[0.0], [-10.0], [-20.0]]])  # (G, W=3, F)
+    table = AugmentedStatistics(speed_shift, 2 * torch.ones_like(speed_shift), torch.tensor([0.9, 1.0, 1.1]),
+                                warp_shift, torch.ones_like(warp_shift))  # fmt: skip
+    mean, std = torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
+    groups, speeds, warps = torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1]), torch.tensor([1.05, 0.9, 1.2])
+    shifted, scaled = table.adjust(mean, std, groups, speeds, warps)
+    torch.testing.assert_close(shifted.flatten(), torch.tensor([2.0 + 15.0, 3.0 + 0.0, 4.0 - 20.0]))
+    torch.testing.assert_close(scaled.flatten(), torch.full((3,), 2.0))
+    unchanged = table.adjust(mean, std, groups, None, None)
+    assert torch.equal(unchanged[0], mean) and torch.equal(unchanged[1], std)
+
+
+@pytest.mark.parametrize("augmented", [True, False])
+def test_speed_perturbed_clips_are_normalised_with_statistics_at_their_speed(
+    tiny_corpus: Path, tmp_path: Path, augmented: bool
+) -> None:
+    from speechrnn.data.augment import AugmentSettings
+
+    augment = AugmentSettings(speed_factors=(0.8,), augmented_statistics=augmented)
+    dm = module(tiny_corpus, tmp_path / "c", SPEAKER, on_device_features=True, augment=augment)
+    sums: dict[str, list[torch.Tensor]] = {}
+    for batch in dm.dataloader("train", shuffle=False):
+        features, lengths, _, indices = dm.featurize(batch, training=True)
+        for row, (index, length) in enumerate(zip(indices.tolist(), lengths.tolist(), strict=True)):
+            sums.setdefault(dm.record_of(index).speaker, []).append(features[row, :length])
+    means = torch.stack([torch.cat(frames).mean(0) for frames in sums.values()])
+    if augmented:  # every training clip of a speaker is in the measured sample: exactly centred
+        torch.testing.assert_close(means, torch.zeros_like(means), rtol=0, atol=2e-3)
+    else:
+        assert means.abs().max() > 0.3
