@@ -12,6 +12,11 @@ the graph of :class:`speechrnn.inference.WaveformClassifier` (or ``FeatureClassi
 needs at least ``min_samples`` samples (one analysis window). There is no resampling: feed audio at
 ``sample_rate``.
 
+A checkpoint trained with ``features.normalize='speaker'`` takes one speaker's recordings beside the
+clips, whose pooled statistics normalise them (:class:`speechrnn.inference.EnrolledWaveformClassifier`)::
+
+    waveforms (B, S), lengths (B,), enrollment (E, S'), enrollment_lengths (E,)  ->  probabilities (B, C)
+
 A checkpoint trained on feature sequences (no audio settings) exports its network alone, with its
 dataset normalisation: ``features (B, T, F) float32, lengths (B,) int64 frames -> probabilities``.
 Regression checkpoints return raw ``outputs`` instead of probabilities.
@@ -38,8 +43,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from speechrnn.errors import ConfigError, run_entry_point
-from speechrnn.inference import FeatureClassifier, WaveformClassifier
+from speechrnn.errors import run_entry_point
+from speechrnn.inference import EnrolledWaveformClassifier, FeatureClassifier, WaveformClassifier
 from speechrnn.io import atomic_write_bytes
 from speechrnn.models.classifier import RNNClassifier
 from speechrnn.models.encoder import RecurrentEncoder
@@ -52,6 +57,7 @@ EXTRA_FILE = "speechrnn.json"
 """Name of the metadata file inside a TorchScript archive."""
 TOLERANCE = 1e-4
 """Largest difference the post-export check accepts between the exported file and PyTorch."""
+Exportable = WaveformClassifier | FeatureClassifier | EnrolledWaveformClassifier
 
 
 def load_checkpoint(path: str | os.PathLike) -> RNNClassifier:
@@ -59,25 +65,23 @@ def load_checkpoint(path: str | os.PathLike) -> RNNClassifier:
     return RNNClassifier.from_checkpoint(path, map_location="cpu").eval()
 
 
-def exportable(checkpoint_path: str | os.PathLike) -> WaveformClassifier | FeatureClassifier:
-    """:class:`WaveformClassifier` for an audio checkpoint, :class:`FeatureClassifier` otherwise."""
+def exportable(checkpoint_path: str | os.PathLike) -> Exportable:
+    """:class:`WaveformClassifier` for an audio checkpoint (:class:`EnrolledWaveformClassifier` when
+    it normalises per speaker), :class:`FeatureClassifier` otherwise."""
     model = load_checkpoint(checkpoint_path)
-    if (model.data_config.get("features") or {}).get("normalize") == "speaker":
-        raise ConfigError(
-            f"{checkpoint_path}: the model normalises features per speaker (features.normalize='speaker'), "
-            "which needs each speaker's statistics beside every clip; exported graphs do not take them yet, "
-            "use speechrnn.inference.Predictor (speaker_statistics, then predict_file)"
-        )
     if model.data_config.get("features"):
-        return WaveformClassifier.from_model(model, str(checkpoint_path))
+        classifier = WaveformClassifier.from_model(model, str(checkpoint_path))
+        return EnrolledWaveformClassifier(classifier) if classifier.classifier.per_speaker else classifier
     return FeatureClassifier.from_model(model)
 
 
-def example_inputs(
-    model: WaveformClassifier | FeatureClassifier, batch: int = 2, width: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def example_inputs(model: Exportable, batch: int = 2, width: int | None = None) -> tuple[torch.Tensor, ...]:
     """A seeded, zero-padded batch of different lengths, the last one full width (default width:
-    half a second of audio, or 37 frames)."""
+    half a second of audio, or 37 frames); for an enrolled model, an enrollment batch of another
+    size and width after it."""
+    if isinstance(model, EnrolledWaveformClassifier):
+        clips = example_inputs(model.inner, batch, width)
+        return (*clips, *example_inputs(model.inner, batch + 1, clips[0].shape[1] + 57))
     generator = torch.Generator().manual_seed(batch)
     if isinstance(model, WaveformClassifier):
         width = width or model.sample_rate // 2 + 123
@@ -93,18 +97,21 @@ def example_inputs(
     return data * (mask if data.dim() == 2 else mask.unsqueeze(-1)), lengths
 
 
-def check_inputs(model: WaveformClassifier | FeatureClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+def check_inputs(model: Exportable) -> tuple[torch.Tensor, ...]:
     """Inputs of another batch size and width than :func:`example_inputs`'s defaults, to check that
     an export generalises beyond the shapes it was traced with."""
-    data, _ = example_inputs(model)
+    data = example_inputs(model)[0]
     return example_inputs(model, batch=3, width=data.shape[1] * 2 // 3 + 7)
 
 
 def io_names(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Input and output names of the exported graph."""
-    is_wave = isinstance(model, WaveformClassifier)
-    task = model.classifier.task if is_wave else model.task
-    inputs = ["waveforms" if is_wave else "features", "lengths"]
+    """Input and output names of the exported graph (the names of its ``forward``'s arguments)."""
+    if isinstance(model, EnrolledWaveformClassifier):
+        inputs, task = ["waveforms", "lengths", "enrollment", "enrollment_lengths"], model.inner.classifier.task
+    elif isinstance(model, WaveformClassifier):
+        inputs, task = ["waveforms", "lengths"], model.classifier.task
+    else:
+        inputs, task = ["features", "lengths"], model.task
     return inputs, ["probabilities" if task == "classification" else "outputs"]
 
 
@@ -169,7 +176,7 @@ def _for_export(model: nn.Module, onnx: bool = False) -> nn.Module:
     return model
 
 
-def onnx_model_bytes(model: WaveformClassifier | FeatureClassifier, opset: int = DEFAULT_OPSET) -> bytes:
+def onnx_model_bytes(model: Exportable, opset: int = DEFAULT_OPSET) -> bytes:
     """The serialised ONNX model of ``model`` (dynamo exporter, dynamic batch and length, metadata).
 
     Vanilla (tanh) RNN layers are exported as equivalent GRUs (:func:`rnn_as_gru`).
@@ -180,13 +187,16 @@ def onnx_model_bytes(model: WaveformClassifier | FeatureClassifier, opset: int =
     except ImportError as error:
         raise ImportError(f"ONNX export needs onnx and onnxscript: pip install 'speechrnn[onnx]' ({error})") from None
     inputs, outputs = io_names(model)
-    if isinstance(model, WaveformClassifier):
-        time = torch.export.Dim("samples", min=model.settings.win_length)
-    else:
+    if isinstance(model, FeatureClassifier):
         time = torch.export.Dim("frames", min=1)
+    else:
+        time = torch.export.Dim("samples", min=model.settings.win_length)
     batch = torch.export.Dim("batch", min=1)
-    signature = ("waveforms" if isinstance(model, WaveformClassifier) else "features", "lengths")
-    dynamic_shapes = {signature[0]: {0: batch, 1: time}, signature[1]: {0: batch}}
+    dynamic_shapes = {inputs[0]: {0: batch, 1: time}, inputs[1]: {0: batch}}
+    if isinstance(model, EnrolledWaveformClassifier):
+        enrolled = torch.export.Dim("enrollment_batch", min=1)
+        samples = torch.export.Dim("enrollment_samples", min=model.settings.win_length)
+        dynamic_shapes |= {inputs[2]: {0: enrolled, 1: samples}, inputs[3]: {0: enrolled}}
     example = example_inputs(model)
     with _export_context():
         program = torch.export.export(
@@ -206,7 +216,7 @@ def onnx_model_bytes(model: WaveformClassifier | FeatureClassifier, opset: int =
     return proto.SerializeToString()
 
 
-def verify_onnx(model_bytes: bytes, model: WaveformClassifier | FeatureClassifier) -> float:
+def verify_onnx(model_bytes: bytes, model: Exportable) -> float:
     """Largest difference between onnxruntime and PyTorch on :func:`check_inputs`; ``RuntimeError``
     above :data:`TOLERANCE`. NaN (with a warning, nothing checked) without onnxruntime."""
     try:
@@ -215,10 +225,10 @@ def verify_onnx(model_bytes: bytes, model: WaveformClassifier | FeatureClassifie
         warnings.warn("onnxruntime is not installed: the ONNX export was not checked", stacklevel=2)
         return float("nan")
     session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    data, lengths = check_inputs(model)
-    names = io_names(model)[0]
-    got = torch.from_numpy(session.run(None, {names[0]: data.numpy(), names[1]: lengths.numpy()})[0])
-    return _compare(got, model, data, lengths, "onnxruntime")
+    inputs = check_inputs(model)
+    feed = {name: value.numpy() for name, value in zip(io_names(model)[0], inputs, strict=True)}
+    got = torch.from_numpy(session.run(None, feed)[0])
+    return _compare(got, model, inputs, "onnxruntime")
 
 
 def export_onnx(
@@ -260,7 +270,7 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
-def trace(model: WaveformClassifier | FeatureClassifier) -> torch.jit.ScriptModule:
+def trace(model: Exportable) -> torch.jit.ScriptModule:
     """``torch.jit.trace`` of ``model``. Shape arithmetic is recorded, so the trace takes any batch
     size and length (the model has no data-dependent control flow); :func:`export_torchscript`
     checks that on inputs of another shape."""
@@ -278,9 +288,9 @@ def export_torchscript(checkpoint_path: str | os.PathLike, out_path: str | os.Pa
     model = exportable(checkpoint_path)
     traced = trace(model)
     if verify:
-        data, lengths = check_inputs(model)
+        inputs = check_inputs(model)
         with torch.no_grad():
-            _compare(traced(data, lengths), model, data, lengths, "TorchScript")
+            _compare(traced(*inputs), model, inputs, "TorchScript")
     buffer = io.BytesIO()
     with _quiet_jit():
         torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: json.dumps(model.metadata())})
@@ -295,14 +305,14 @@ def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, d
     return module, json.loads(extra[EXTRA_FILE])
 
 
-def _compare(got: torch.Tensor, model: nn.Module, data: torch.Tensor, lengths: torch.Tensor, what: str) -> float:
+def _compare(got: torch.Tensor, model: nn.Module, inputs: tuple[torch.Tensor, ...], what: str) -> float:
     with torch.no_grad():
-        expected = model(data, lengths)
+        expected = model(*inputs)
     difference = float((got - expected).abs().max())
     if not difference <= TOLERANCE:
         raise RuntimeError(
             f"the {what} export differs from PyTorch by {difference:.3g} (> {TOLERANCE}) on inputs of shape "
-            f"{tuple(data.shape)}, unlike the example it was exported with; not writing it"
+            f"{tuple(inputs[0].shape)}, unlike the example it was exported with; not writing it"
         )
     return difference
 

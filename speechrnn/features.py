@@ -130,6 +130,19 @@ def normalize_utterances(features: torch.Tensor, lengths: torch.Tensor, eps: flo
     return centred / (std + eps)
 
 
+def pooled_moments(
+    features: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and deviation ``(F,)`` over the valid frames of every clip of ``(B, T, F)``
+    together (a speaker's statistics from a batch of its recordings); the deviation has ``eps`` added,
+    as the DataModules' statistics do."""
+    mask = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1).to(features.dtype)
+    count = mask.sum().clamp_min(1)
+    mean = (features * mask).sum((0, 1)) / count
+    std = (((features - mean) * mask).square().sum((0, 1)) / count).sqrt()
+    return mean, std + eps
+
+
 def standardize(features: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Dataset or speaker normalisation of ``(B, T, F)``: ``(x - mean) / std`` on valid frames, zeros
     on padding; ``mean``/``std`` are ``(F,)`` (the training split's) or ``(B, 1, F)`` (each clip's

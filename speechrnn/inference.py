@@ -23,7 +23,7 @@ from torch import nn
 
 from speechrnn.audio import AudioError, read_audio, resample, to_mono
 from speechrnn.data.base import FrameMoments, SequenceDataModuleBase, Split
-from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
+from speechrnn.features import FeatureSettings, MFCCFrontend, pooled_moments, standardize
 from speechrnn.models.classifier import RNNClassifier, is_per_step, output_activation
 from speechrnn.models.network import SequenceClassifierNet
 
@@ -175,6 +175,41 @@ class WaveformClassifier(nn.Module):
             "min_samples": self.settings.win_length,
             "features": self.settings.to_dict(),
         }
+
+
+class EnrolledWaveformClassifier(nn.Module):
+    """A model normalised per speaker, as one graph: ``forward(waveforms (B, S), lengths (B,),
+    enrollment (E, S'), enrollment_lengths (E,)) -> (B, C)``. Every clip of ``waveforms`` is one
+    speaker's; ``enrollment`` holds recordings of that speaker (unlabelled; the clips themselves may
+    be among them), whose pooled front-end statistics normalise the clips, as training normalised
+    every speaker with its own. This is what a speaker-normalised checkpoint exports as."""
+
+    def __init__(self, classifier: WaveformClassifier) -> None:
+        super().__init__()
+        if not classifier.classifier.per_speaker:
+            raise ValueError("EnrolledWaveformClassifier is for models trained with features.normalize='speaker'")
+        self.inner = classifier
+        self.eval()
+
+    @property
+    def settings(self) -> FeatureSettings:
+        return self.inner.settings
+
+    @property
+    def sample_rate(self) -> int:
+        return self.inner.sample_rate
+
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, enrollment: torch.Tensor, enrollment_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        enrollment_lengths = enrollment_lengths.to(enrollment.device, torch.int64)
+        features, frame_lengths = self.inner.frontend.compute(enrollment, enrollment_lengths, frames=None)
+        mean, std = pooled_moments(features, frame_lengths)
+        return self.inner(waveforms, lengths, mean, std)
+
+    def metadata(self) -> dict[str, Any]:
+        """:meth:`WaveformClassifier.metadata`, and that the graph takes a speaker's enrollment."""
+        return {**self.inner.metadata(), "input": "waveform+enrollment"}
 
 
 class Predictor:

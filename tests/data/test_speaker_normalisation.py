@@ -147,13 +147,51 @@ def test_predict_takes_each_input_as_one_speaker(speaker_checkpoint, tmp_path: P
     assert "speaker statistics from one recording" in capsys.readouterr().err
 
 
-def test_export_refuses_a_per_speaker_model_by_name(speaker_checkpoint, tmp_path: Path) -> None:
-    from speechrnn.export import export
+def _enrolled(predictor, files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    from speechrnn.audio import read_audio
 
-    checkpoint = speaker_checkpoint[0]
-    with pytest.raises(ConfigError, match="normalises features per speaker"):
-        export(checkpoint, tmp_path / "model.onnx")
-    assert not (tmp_path / "model.onnx").exists()
+    clips = [read_audio(f, predictor.settings.rate, min_samples=predictor.settings.win_length) for f in files]
+    return torch.nn.utils.rnn.pad_sequence(clips, batch_first=True), torch.tensor([len(c) for c in clips])
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
+def test_a_per_speaker_model_exports_with_the_speakers_enrollment_as_input(
+    speaker_checkpoint, tmp_path: Path, fmt: str
+) -> None:
+    from speechrnn.export import export, load_torchscript
+    from speechrnn.inference import Predictor
+
+    checkpoint, manifest, _ = speaker_checkpoint
+    predictor = Predictor.from_checkpoint(checkpoint)
+    files = sorted(str(p) for p in manifest.parent.rglob("spk5_*.wav"))
+    statistics, _ = predictor.speaker_statistics(files)
+    expected = torch.stack(
+        [predictor.probabilities(_one(predictor, f)[0][0].numpy(), 16000, statistics) for f in files]
+    )
+    clips, lengths = _enrolled(predictor, files)
+    enrollment, enrollment_lengths = _enrolled(predictor, files[::-1])
+    if fmt == "torchscript":
+        module, metadata = load_torchscript(export(checkpoint, tmp_path / "model.pt", format="torchscript"))
+        with torch.no_grad():
+            got = module(clips, lengths, enrollment, enrollment_lengths)
+    else:
+        onnxruntime = pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+        from speechrnn.export import read_onnx_metadata
+
+        path = export(checkpoint, tmp_path / "model.onnx", format="onnx")
+        metadata = read_onnx_metadata(path)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["waveforms", "lengths", "enrollment", "enrollment_lengths"]
+        feed = {
+            "waveforms": clips,
+            "lengths": lengths,
+            "enrollment": enrollment,
+            "enrollment_lengths": enrollment_lengths,
+        }
+        got = torch.from_numpy(session.run(None, {k: v.numpy() for k, v in feed.items()})[0])
+    assert metadata["input"] == "waveform+enrollment" and metadata["features"]["normalize"] == "speaker"
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
 def test_shards_refuse_per_speaker_normalisation(tiny_corpus: Path, tmp_path: Path) -> None:
