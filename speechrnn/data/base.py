@@ -371,8 +371,22 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         speakers = [self.record_of(index).speaker for index in range(len(self.store_records))]
         names = sorted(set(speakers))
         position = {name: i for i, name in enumerate(names)}
-        group = np.array([position[s] for s in speakers], np.int64)
-        mean, std = self.group_statistics(np.arange(len(speakers)), group)
+        mean, std = self.group_statistics(np.arange(len(speakers)), np.array([position[s] for s in speakers]))
+        self.use_speaker_statistics({name: (mean[i], std[i]) for i, name in enumerate(names)}, speakers)
+
+    def use_speaker_statistics(
+        self, statistics: dict[str, tuple[np.ndarray, np.ndarray]], speakers: list[str | None]
+    ) -> None:
+        """Normalise every stored sequence with its speaker's ``statistics`` (``speakers``: the
+        speaker of each, in store order)."""
+        names = sorted(statistics)
+        missing = sorted({s for s in speakers if s not in statistics}, key=str)
+        if missing:
+            raise UserInputError(f"{type(self).__name__}: no speaker statistics for {missing[:3]}")
+        position = {name: i for i, name in enumerate(names)}
+        group = np.array([position[s] for s in speakers], np.int64)  # type: ignore[index]
+        mean = np.stack([statistics[n][0] for n in names]).astype(np.float32)
+        std = np.stack([statistics[n][1] for n in names]).astype(np.float32)
         self.speaker_statistics = {name: (mean[i], std[i]) for i, name in enumerate(names)}
         self._item_statistics = (mean[group], std[group])
         self.speaker_groups = group

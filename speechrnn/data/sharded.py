@@ -113,6 +113,12 @@ class ShardedDataModule(SequenceDataModuleBase):
         if config.get("feature_mean") is not None:
             self.feature_mean = np.asarray(config["feature_mean"], np.float32)
             self.feature_std = np.asarray(config["feature_std"], np.float32)
+        if config.get("speaker_statistics"):
+            statistics = {
+                name: (np.asarray(entry["mean"], np.float32), np.asarray(entry["std"], np.float32))
+                for name, entry in config["speaker_statistics"].items()
+            }
+            self.use_speaker_statistics(statistics, list(self.shard_records.speakers))
 
     def _split_hint(self, split: str) -> str:
         return "" if split == "train" else " (python -m speechrnn.fit validates on val and tests on test)"

@@ -6,8 +6,8 @@ A shard folder holds::
     train/ val/ test/   one LitData-optimised dataset per split (absent when the split is empty); items
                         {"features": (T, F) float32, "target", "length", "index", "speaker" and
                         "source" (UTF-8 bytes)}
-    records.json        per clip, in index order: sources, speakers, targets, lengths (read only for
-                        evaluation reports and the FeatureStore view, never for training)
+    records.json        per clip, in index order: sources, speakers, targets, lengths (read for
+                        per-speaker normalisation, evaluation reports and the FeatureStore view)
     index.json          what the corpus is: feature size, classes, task, the source DataModule's data
                         config (feature settings, training-split statistics, what validation measures)
                         and per-split counts; written last, so a folder without it is unfinished
@@ -242,11 +242,6 @@ def write_shards(
     name = type(datamodule).__name__
     if getattr(datamodule, "on_device_features", False):
         raise ConfigError(f"{name}: shards hold features; build them with on_device_features false")
-    if getattr(datamodule, "normalize_per_speaker", False):
-        raise ConfigError(
-            f"{name}: shards hold features with dataset statistics only; features.normalize='speaker' is not "
-            "supported (use 'utterance' or 'dataset')"
-        )
     if datamodule.task not in ("classification", "regression"):
         raise ConfigError(f"{name}: shards hold one target per clip; task {datamodule.task} is not supported")
     augment = getattr(datamodule, "augment", None)

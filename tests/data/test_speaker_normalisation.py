@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from speechrnn.data import AudioFolderDataModule
-from speechrnn.errors import ConfigError, UserInputError
+from speechrnn.errors import UserInputError
 from speechrnn.features import FeatureSettings
 
 SPEAKER = FeatureSettings(deltas=1, normalize="speaker")
@@ -194,14 +194,26 @@ def test_a_per_speaker_model_exports_with_the_speakers_enrollment_as_input(
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
-def test_shards_refuse_per_speaker_normalisation(tiny_corpus: Path, tmp_path: Path) -> None:
+def test_shards_of_a_per_speaker_corpus_give_the_same_normalised_batches(tiny_corpus: Path, tmp_path: Path) -> None:
     pytest.importorskip("litdata")
+    from speechrnn.data.sharded import ShardedDataModule
     from speechrnn.data.shards import write_shards
 
-    dm = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=tmp_path / "c", features=SPEAKER)
-    with pytest.raises(ConfigError, match="normalize='speaker' is not supported"):
-        write_shards(dm, tmp_path / "shards")
-    assert not (tmp_path / "shards").exists()
+    write_shards(
+        AudioFolderDataModule(manifest=tiny_corpus, cache_dir=tmp_path / "c", features=SPEAKER), tmp_path / "s"
+    )
+    source = module(tiny_corpus, tmp_path / "c", SPEAKER)
+    shards = ShardedDataModule(str(tmp_path / "s"), batch_size=4)
+    shards.setup("fit")
+    assert shards.data_config["speaker_statistics"] == source.data_config["speaker_statistics"]
+    order = np.concatenate([source.splits[split] for split in ("train", "val", "test")])
+    for a in shards.dataloader("test", shuffle=False, shard=False):
+        features, lengths, _, indices = a
+        for row, (index, length) in enumerate(zip(indices.tolist(), lengths.tolist(), strict=True)):
+            original = int(order[index])
+            mean, std = source.speaker_statistics[source.record_of(original).speaker]
+            want = (np.asarray(source.store[original]) - mean) / std
+            np.testing.assert_allclose(features[row, :length].numpy(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_augmented_statistics_interpolate_warps_and_pick_speeds() -> None:
