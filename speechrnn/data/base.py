@@ -405,7 +405,9 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             return "speakers unknown (cannot tell whether validation voices were heard in training)", False
         shared = speakers["train"] & speakers["val"]
         if not shared:
-            return f"speaker-disjoint ({len(speakers['val'])} speaker(s) never heard in training)", False
+            names = sorted(speakers["val"])  # type: ignore[type-var]
+            listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            return f"speaker-disjoint ({len(names)} speaker(s) never heard in training: {listed})", False
         return (
             f"shares {len(shared)} of {len(speakers['val'])} speaker(s) with training: checkpoint selection and "
             "early stopping track accuracy on voices the model was trained on, which overstates new-speaker accuracy",

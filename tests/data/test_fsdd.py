@@ -204,7 +204,7 @@ def test_auto_val_speaker_is_a_seeded_training_speaker_and_validation_says_so(fa
     again = FSDDDataModule(root=fake_fsdd, split="speaker", test_speakers=["carol"], val_speakers="auto")
     assert again.records == auto.records
     auto.setup("fit")
-    assert auto.validation.startswith("speaker-disjoint (1 speaker(s)")
+    assert auto.validation == f"speaker-disjoint (1 speaker(s) never heard in training: {auto.val_speakers[0]})"
     assert auto.data_config["validation"] == auto.validation
     shared = FSDDDataModule(root=fake_fsdd, split="speaker", test_speakers=["carol"], cache_dir=tmp_path / "c")
     with pytest.warns(UserWarning, match="validation shares 2 of 2 speaker"):
