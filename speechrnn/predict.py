@@ -60,7 +60,10 @@ def predict(
     predictor = Predictor.from_checkpoint(ckpt, device)
     if speaker is not None and not predictor.per_speaker:
         raise ConfigError(f"--speaker {speaker}: {ckpt} does not normalise per speaker; leave --speaker out")
-    known = predictor.known_speaker(speaker) if speaker is not None else None
+    try:
+        known = predictor.known_speaker(speaker) if speaker is not None else None
+    except KeyError as error:
+        raise ConfigError(f"--speaker: {error.args[0]}") from None
     failures = 0
     for item in inputs:
         try:

@@ -409,6 +409,7 @@ class AudioDataModule(SequenceDataModuleBase):
         )
         count, dim = len(self.speaker_statistics), self.feature_dim
         sample_groups = groups[sample]
+        clean_mean, clean_std = self.group_statistics(sample, sample_groups)
 
         def relative(**change: Any) -> tuple[torch.Tensor, torch.Tensor]:
             mean, std = self.group_statistics(sample, sample_groups, **change)
@@ -419,7 +420,6 @@ class AudioDataModule(SequenceDataModuleBase):
             scale[seen] = torch.from_numpy(std[seen] / clean_std[seen])
             return shift, scale
 
-        clean_mean, clean_std = self.group_statistics(sample, sample_groups)
         speeds = [relative(speed=k) for k in range(len(self.augment.speeds))]
         grid = torch.linspace(1 - self.augment.vtln_warp, 1 + self.augment.vtln_warp, WARP_GRID)
         warps = [relative(warp=float(w)) for w in grid] if self.augment.vtln_warp else []

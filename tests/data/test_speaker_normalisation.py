@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from speechrnn.data import AudioFolderDataModule
-from speechrnn.errors import UserInputError
+from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings
 
 SPEAKER = FeatureSettings(deltas=1, normalize="speaker")
@@ -145,6 +145,8 @@ def test_predict_takes_each_input_as_one_speaker(speaker_checkpoint, tmp_path: P
     assert "speaker statistics from one recording" not in capsys.readouterr().err
     assert predict(["--ckpt", str(checkpoint), str(one)]) == 0
     assert "speaker statistics from one recording" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="no statistics for speaker 'nobody'.*known speakers: spk0"):
+        predict(["--ckpt", str(checkpoint), str(one), "--speaker", "nobody"])
 
 
 def _enrolled(predictor, files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
