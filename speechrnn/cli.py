@@ -50,6 +50,9 @@ def default_precision() -> str:
     return "32-true"
 
 
+GRADIENT_CLIP_VAL = 5.0
+"""Default gradient-norm clipping of every training run (exploding gradients through time)."""
+
 RUN_VERSION_ENV = "SPEECHRNN_RUN_VERSION"
 """Carries the run folder's version from rank 0 to the processes Lightning starts for DDP."""
 
@@ -106,7 +109,7 @@ class SpeechRNNCLI(LightningCLI):
         trainer_defaults = {
             "precision": default_precision(),
             "max_epochs": None,  # TrainingBudget chooses it from the training split's size
-            "gradient_clip_val": 5.0,
+            "gradient_clip_val": GRADIENT_CLIP_VAL,
             "log_every_n_steps": 10,
             "use_distributed_sampler": False,  # the bucketing sampler shards itself
         }

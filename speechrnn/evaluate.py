@@ -28,8 +28,9 @@ def run_config(checkpoint: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="python -m speechrnn.evaluate", description=__doc__)
+def build_parser(prog: str = "python -m speechrnn.evaluate", description: str | None = __doc__) -> ArgumentParser:
+    """The options of a command that reads a checkpoint and a split of its run's data."""
+    parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options.")
     parser.add_argument("--ckpt", type=Path, required=True, help="Checkpoint to evaluate.")
     parser.add_argument(
@@ -41,11 +42,11 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def main(args: list[str] | None = None) -> dict[str, Any]:
-    parser = build_parser()
+def parse_with_run_data(parser: ArgumentParser, args: list[str] | None = None) -> Any:
+    """Parse ``args`` with the checkpoint's run ``config.yaml`` as the defaults of ``--data.*``
+    (which the command line or a ``--config`` file then override)."""
     args = sys.argv[1:] if args is None else args
-    # The run's data config becomes the defaults that --data.* options then override, so the
-    # checkpoint is read before the full parse (from the command line or a --config file).
+    # The checkpoint is read before the full parse (from the command line or a --config file).
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--ckpt", type=Path)
     pre.add_argument("--config", action="append", default=[])
@@ -60,11 +61,22 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     config = parser.parse_args(args)
     if config.data is None:
         parser.error("no run config.yaml beside the checkpoint; give the data with --data CLASS --data.*")
+    return config
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: cuda when available, else cpu; anything else as given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    parser = build_parser()
+    config = parse_with_run_data(parser, args)
     with checked_options():
         datamodule = parser.instantiate_classes(config).data
     model = RNNClassifier.from_checkpoint(config.ckpt, map_location="cpu")
     out = config.out or config.ckpt.resolve().parent.parent / f"report_{config.split}"
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    device = resolve_device(config.device)
     metrics = report_split(model, datamodule, config.split, out, device, extra={"checkpoint": str(config.ckpt)})
     print(f"{config.split}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; report in {out}")
     return metrics

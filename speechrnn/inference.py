@@ -302,16 +302,12 @@ class Predictor:
 
 
 @torch.inference_mode()
-def predict_split(
+def split_probabilities(
     model: RNNClassifier, datamodule: SequenceDataModuleBase, split: Split, device: str | torch.device = "cpu"
-) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None], np.ndarray | None]:
-    """Targets, probabilities, sources and speakers of every example in ``split``, and the number of
-    frames of each when the task is per step.
-
-    Whole-sequence tasks: targets ``(N,)`` and probabilities ``(N, C)``, lengths None. Per-step
-    tasks: the valid frames of every sequence, concatenated in order (targets ``(sum T_i,)``,
-    probabilities ``(sum T_i, C)``), and lengths ``(N,)`` to tell the sequences apart.
-    """
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Stored indices ``(N,)`` and probabilities of every example in ``split``, in loader order,
+    through the training path's features; per-step tasks give the valid frames of every sequence
+    concatenated, ``(sum T_i, C)``, and the frame count of each ``(N,)`` (None otherwise)."""
     datamodule.setup("test")
     model = model.to(device).eval()
     per_step = is_per_step(model.hparams.task)
@@ -326,13 +322,26 @@ def predict_split(
         else:
             outputs.append(probabilities)
         indices.append(batch[3])
-    indices = torch.cat(indices).numpy()
+    counts = torch.cat(frame_counts).numpy() if per_step else None
+    return torch.cat(indices).numpy(), torch.cat(outputs).numpy(), counts
+
+
+def predict_split(
+    model: RNNClassifier, datamodule: SequenceDataModuleBase, split: Split, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None], np.ndarray | None]:
+    """Targets, probabilities, sources and speakers of every example in ``split``, and the number of
+    frames of each when the task is per step.
+
+    Whole-sequence tasks: targets ``(N,)`` and probabilities ``(N, C)``, lengths None. Per-step
+    tasks: the valid frames of every sequence, concatenated in order (targets ``(sum T_i,)``,
+    probabilities ``(sum T_i, C)``), and lengths ``(N,)`` to tell the sequences apart.
+    """
+    indices, probabilities, lengths = split_probabilities(model, datamodule, split, device)
     targets = datamodule.targets()[indices]
-    if per_step:
+    if lengths is not None:
         targets = np.concatenate([np.asarray(t) for t in targets])
     records = [datamodule.record_of(int(i)) for i in indices]
-    lengths_out = torch.cat(frame_counts).numpy() if per_step else None
-    return targets, torch.cat(outputs).numpy(), [r.source for r in records], [r.speaker for r in records], lengths_out
+    return targets, probabilities, [r.source for r in records], [r.speaker for r in records], lengths
 
 
-__all__ = ["AudioError", "FeatureClassifier", "Predictor", "WaveformClassifier", "predict_split"]
+__all__ = ["AudioError", "FeatureClassifier", "Predictor", "WaveformClassifier", "predict_split", "split_probabilities"]

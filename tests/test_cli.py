@@ -91,7 +91,8 @@ def test_saved_config_replays(tiny_corpus: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "module,options",
     [("speechrnn.evaluate", ["--ckpt", "--split", "--out", "--data"]),
-     ("speechrnn.predict", ["--ckpt", "--top-k", "--format", "FILE_OR_DIR"])],
+     ("speechrnn.predict", ["--ckpt", "--top-k", "--format", "FILE_OR_DIR"]),
+     ("speechrnn.adapt", ["--ckpt", "--split", "--out", "--adapt.rounds", "--adapt.threshold", "--data"])],
 )  # fmt: skip
 def test_other_entry_points_have_help(module: str, options: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)

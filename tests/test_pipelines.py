@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -84,3 +85,35 @@ def test_vad_pipeline_reports_frames_plots_a_clip_and_streams_like_offline(tmp_p
         "| causal GRU (frames)",
         "| energy threshold (c0, tuned on train)",
     ]
+
+
+@pytest.mark.slow
+def test_fsdd_pipeline_adapts_each_held_out_speaker_and_reports_both(tmp_path: Path) -> None:
+    from pipelines.fsdd import main as fsdd
+    from tests.data.test_fsdd import write_fsdd
+
+    recordings = write_fsdd(tmp_path / "recordings", speakers=("alice", "bob", "carol"), indices=4)
+    config = tmp_path / "loso.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"class_path": "speechrnn.data.FSDDDataModule",
+                 "init_args": {"root": str(recordings), "cache_dir": str(tmp_path / "cache"), "split": "speaker",
+                               "test_speakers": ["alice"], "batch_size": 16, "on_device_features": True,
+                               "features": {"n_mfcc": 13, "deltas": 1, "normalize": "speaker"},
+                               "augment": {"speed_factors": [0.9, 1.0, 1.1], "vtln_warp": 0.1}}},
+        "model": {"hidden_size": 8, "num_layers": 1},
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+    }))  # fmt: skip
+    work = tmp_path / "work"
+    args = ["--config", str(config), "--loso-config", str(config), "--workdir", str(work), "--skip-official"]
+    report = fsdd([*args, "--speakers", "bob", "--", *CPU])
+    rows = [line.split(" | ") for line in report.read_text().splitlines() if line.startswith("| leave")]
+    assert [row[0] for row in rows] == [
+        "| leave bob out", "| leave-one-speaker-out mean", "| leave-one-speaker-out worst",
+        "| leave-one-speaker-out mean after adaptation", "| leave-one-speaker-out worst after adaptation",
+    ]  # fmt: skip
+    adaptation = json.loads((work / "adapt-loso-bob" / "adaptation.json").read_text())
+    assert float(rows[0][3].rstrip(" |")) == pytest.approx(adaptation["accuracy_after"], abs=1e-4)
+    assert float(rows[3][2]) == pytest.approx(adaptation["accuracy_after"], abs=1e-4)
+    assert adaptation["rounds"][0]["clips"] == 40  # bob's 10 digits x 4 recordings, all of them considered
+    assert (work / "confusion-bob.csv").is_file() and (work / "confusion-bob-adapted.csv").is_file()
+    assert fsdd([*args, "--speakers", "bob", "--", *CPU]).read_text() == report.read_text()  # stages skipped

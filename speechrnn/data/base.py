@@ -217,6 +217,7 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         self.required_splits: tuple[Split, ...] = ("train",)
         """Splits that must hold data; ``python -m speechrnn.fit`` needs all three (it validates on
         ``val`` and tests the best checkpoint on ``test``), and says so before any work."""
+        self._pseudo_labels: tuple[np.ndarray, np.ndarray] | None = None
 
     # --- what subclasses provide -------------------------------------------------------------
     @abstractmethod
@@ -469,7 +470,29 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             raise ValueError(f"{type(self).__name__}: the {split} split has no data")
         if not hasattr(self, "_targets"):
             self._targets = self.targets()
+        if split == "train" and self._pseudo_labels is not None:
+            indices, labels = self._pseudo_labels
+            targets = self._targets.copy()
+            targets[indices] = labels
+            return SequenceDataset(self.store, np.concatenate([self.splits["train"], indices]), targets)
         return SequenceDataset(self.store, self.splits[split], self._targets)
+
+    def pseudo_label(self, indices: np.ndarray | None, labels: np.ndarray | None = None) -> None:
+        """Train on the stored sequences ``indices`` as well, with ``labels`` (class indices) in place
+        of their own: self-training on unlabelled data such as a new voice's recordings
+        (:mod:`speechrnn.adapt`). Evaluation keeps the true targets; ``None`` restores the labelled
+        training split."""
+        if indices is None:
+            self._pseudo_labels = None
+            return
+        indices, labels = np.asarray(indices, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+        if indices.shape != labels.shape or indices.ndim != 1:
+            raise ValueError(f"pseudo_label needs one label per index, got {indices.shape} and {labels.shape}")
+        if len(np.intersect1d(indices, self.splits["train"])):
+            raise ValueError("pseudo_label: some indices are training sequences, which have labels")
+        if len(labels) and not 0 <= labels.min() <= labels.max() < len(self.class_names):
+            raise ValueError(f"pseudo_label: labels must be class indices below {len(self.class_names)}")
+        self._pseudo_labels = (indices, labels)
 
     def record_of(self, index: int) -> Record:
         """The record behind a batch's ``indices`` entry."""
