@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> Path:
                 adapted[speaker] = summary["accuracy_after"]
                 copy_confusion(out / "report_test", pipeline.workdir / f"confusion-{speaker}-adapted.csv")
             rows.append([f"leave {speaker} out", speaker, accuracies[speaker], adapted.get(speaker, "-")])
-        for name, values in (("", accuracies), (" after adaptation", adapted)):
-            if values:
-                worst = min(values, key=values.get)
-                rows.append([f"leave-one-speaker-out mean{name}", "-", statistics.mean(values.values()), "-"])
-                rows.append([f"leave-one-speaker-out worst{name}", worst, values[worst], "-"])
+        mean_adapted = statistics.mean(adapted.values()) if adapted else "-"
+        rows.append(["leave-one-speaker-out mean", "-", statistics.mean(accuracies.values()), mean_adapted])
+        worst = min(accuracies, key=accuracies.get)
+        rows.append(["leave-one-speaker-out worst", worst, accuracies[worst], "-"])
+        if adapted:
+            worst = min(adapted, key=adapted.get)
+            rows.append(["leave-one-speaker-out worst after adaptation", worst, "-", adapted[worst]])
     header = ["run", "held-out speaker", "test accuracy", "after self-training on the speaker"]
     return pipeline.write_table("report", header, rows, "FSDD: test accuracy")
 

@@ -34,11 +34,11 @@ from speechrnn.reports import report_split
 class AdaptSettings:
     """How a model adapts to unlabelled recordings."""
 
-    rounds: int = 2
+    rounds: int = 4
     """Rounds of pseudo-labelling and fine-tuning (each labels the clips again with the adapted model)."""
     threshold: float = 0.7
     """Clips whose top class probability is below this are left out of the round."""
-    epochs: int = 3
+    epochs: int = 1
     """Fine-tuning epochs per round, over the training split plus the pseudo-labelled clips."""
     lr: float = 1e-3
     """Constant AdamW learning rate of the fine-tuning (the model's weight decay and label smoothing)."""
