@@ -54,3 +54,19 @@ def write_corpus(
 def tiny_corpus(tmp_path: Path) -> Path:
     """Manifest of a 3-class, 6-speaker corpus at 16 kHz (some clips stereo)."""
     return write_corpus(tmp_path / "corpus", speakers=6, per_class=2, stereo_every=3)
+
+
+def fit_speaker_model(root: Path, epochs: int = 2) -> tuple[Path, Path, Path]:
+    """A tiny GRU fitted with per-speaker normalisation on a 6-speaker corpus under ``root``:
+    ``(last.ckpt, manifest, cache folder)``."""
+    from speechrnn.fit import main as fit
+
+    manifest = write_corpus(root / "corpus", speakers=6, per_class=3)
+    fit([
+        "--data", "AudioFolderDataModule", "--data.manifest", str(manifest), "--data.cache_dir", str(root / "cache"),
+        "--data.features.normalize", "speaker", "--data.features.deltas", "1", "--data.batch_size", "8",
+        "--model.hidden_size", "8", "--model.num_layers", "1", "--trainer.max_epochs", str(epochs),
+        "--trainer.default_root_dir", str(root / "runs"),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ])  # fmt: skip
+    return next((root / "runs").rglob("last.ckpt")), manifest, root / "cache"

@@ -24,19 +24,9 @@ SPEAKER = FeatureSettings(deltas=1, normalize="speaker")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from speechrnn.fit import main as fit
-    from tests.conftest import write_corpus
+    from tests.conftest import fit_speaker_model
 
-    root = tmp_path_factory.mktemp("adapt")
-    manifest = write_corpus(root / "corpus", speakers=6, per_class=3)
-    fit([
-        "--data", "AudioFolderDataModule", "--data.manifest", str(manifest), "--data.cache_dir", str(root / "cache"),
-        "--data.features.normalize", "speaker", "--data.features.deltas", "1", "--data.batch_size", "8",
-        "--model.hidden_size", "8", "--model.num_layers", "1", "--trainer.max_epochs", "3",
-        "--trainer.default_root_dir", str(root / "runs"),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    ])  # fmt: skip
-    return next((root / "runs").rglob("last.ckpt")), manifest, root / "cache"
+    return fit_speaker_model(tmp_path_factory.mktemp("adapt"), epochs=3)
 
 
 def datamodule(manifest: Path, cache: Path) -> AudioFolderDataModule:

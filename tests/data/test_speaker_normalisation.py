@@ -83,20 +83,9 @@ def test_feature_settings_name_the_speaker_option() -> None:
 
 @pytest.fixture(scope="module")
 def speaker_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from speechrnn.fit import main as fit
-    from tests.conftest import write_corpus
+    from tests.conftest import fit_speaker_model
 
-    root = tmp_path_factory.mktemp("speaker")
-    manifest = write_corpus(root / "corpus", speakers=6, per_class=3)
-    fit([
-        "--data", "AudioFolderDataModule", "--data.manifest", str(manifest), "--data.cache_dir", str(root / "cache"),
-        "--data.features.normalize", "speaker", "--data.features.deltas", "1", "--data.batch_size", "8",
-        "--model.hidden_size", "8",
-        "--model.num_layers", "1", "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(root / "runs"),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    ])  # fmt: skip
-    checkpoint = next((root / "runs").rglob("last.ckpt"))
-    return checkpoint, manifest, root / "cache"
+    return fit_speaker_model(tmp_path_factory.mktemp("speaker"))
 
 
 def test_inference_with_a_new_speakers_recordings_equals_evaluation(speaker_checkpoint) -> None:
