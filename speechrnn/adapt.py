@@ -115,7 +115,7 @@ def save_adapted(trainer: pl.Trainer, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        trainer.save_checkpoint(partial)
+        trainer.save_checkpoint(partial, weights_only=True)  # the model and its data settings, no optimiser state
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
