@@ -26,7 +26,7 @@ from speechrnn.evaluate import build_parser as evaluation_parser
 from speechrnn.evaluate import parse_with_run_data, resolve_device
 from speechrnn.inference import split_probabilities
 from speechrnn.io import atomic_write_json
-from speechrnn.models.classifier import RNNClassifier, is_per_step
+from speechrnn.models.classifier import RNNClassifier
 from speechrnn.reports import report_split
 
 
@@ -67,13 +67,14 @@ def self_train(
     each round used (clips, pseudo-labelled clips, their mean confidence) and the last round's
     trainer (to save the adapted checkpoint). The data's labelled training split is restored after."""
     settings = settings or AdaptSettings()
-    if is_per_step(model.hparams.task) or model.hparams.task != "classification":
+    if model.hparams.task != "classification":
         raise ConfigError(f"adaptation needs a whole-sequence classifier; this model's task is {model.hparams.task}")
     pl.seed_everything(seed, verbose=False)
     model.hparams.lr = settings.lr
     model.hparams.scheduler = "none"
     history: list[dict[str, Any]] = []
     trainer: pl.Trainer | None = None
+    on_gpu = str(device).startswith("cuda")
     try:
         for round_ in range(1, settings.rounds + 1):
             indices, probabilities, _ = split_probabilities(model, datamodule, split, device)
@@ -89,9 +90,9 @@ def self_train(
                 }
             )
             trainer = pl.Trainer(
-                accelerator="gpu" if str(device).startswith("cuda") else "cpu",
+                accelerator="gpu" if on_gpu else "cpu",
                 devices=1,
-                precision=default_precision() if str(device).startswith("cuda") else "32-true",
+                precision=default_precision() if on_gpu else "32-true",
                 max_epochs=settings.epochs,
                 gradient_clip_val=GRADIENT_CLIP_VAL,
                 limit_val_batches=0,
