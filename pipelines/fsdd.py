@@ -1,11 +1,13 @@
 """FSDD end to end: prepare -> fit (official split) -> leave-one-speaker-out fits, each adapted
 to its held-out speaker's unlabelled recordings -> report.
 
-    python pipelines/fsdd.py [--config pipelines/configs/fsdd.yaml] [--loso-config pipelines/configs/fsdd_loso.yaml]
+    python pipelines/fsdd.py [--config CONFIG] [--loso-config CONFIG]
                              [--workdir lightning_logs/pipelines/fsdd] [--no-adapt] [-- --data.seed 1 ...]
 
-Every speaker present in the data folder is held out once (train on the others, same recipe for
-every fold, settings chosen without looking at the held-out speaker), then the fold's model is
+Every fit uses the defaults unless a config is given: ``--data FSDDDataModule`` for the official
+split, ``--data.split speaker --data.test_speakers [SPEAKER]`` for each fold. Every speaker present
+in the data folder is held out once (train on the others, same recipe for every fold, settings
+chosen without looking at the held-out speaker), then the fold's model is
 adapted to that speaker by self-training on its recordings without their labels
 (``python -m speechrnn.adapt``). The report is one table of per-speaker test accuracy before and
 after adaptation, their means and the worst speaker, beside the official split's accuracy; each
@@ -23,13 +25,16 @@ from pathlib import Path
 from speechrnn.adapt import main as adapt
 from speechrnn.pipelines import Pipeline, datamodule_from_config, prepare
 
+OFFICIAL = {"class_path": "speechrnn.data.FSDDDataModule", "init_args": {"split": "official"}}
+"""The data of the default fits (the official split; folds add ``--data.split speaker``)."""
+
 
 def main(argv: list[str] | None = None) -> Path:
     """Run the pipeline (``argv``: the command line's arguments); returns the report's path."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="pipelines/configs/fsdd.yaml", help="recipe of the official-split fit")
+    parser.add_argument("--config", default=None, help="recipe of the official-split fit (default: the defaults)")
     parser.add_argument(
-        "--loso-config", default="pipelines/configs/fsdd_loso.yaml", help="recipe of the leave-one-speaker-out fits"
+        "--loso-config", default=None, help="recipe of the leave-one-speaker-out fits (default: the defaults)"
     )
     parser.add_argument("--workdir", default="lightning_logs/pipelines/fsdd")
     parser.add_argument("--skip-official", action="store_true", help="only the leave-one-speaker-out fits")
@@ -40,18 +45,21 @@ def main(argv: list[str] | None = None) -> Path:
     overrides = [o for o in overrides if o != "--"]
 
     pipeline = Pipeline(args.workdir)
-    pipeline.stage("prepare", lambda: prepare(args.config))
+    official_data = args.config or OFFICIAL
+    pipeline.stage("prepare", lambda: prepare(official_data))
     rows = []
     if not args.skip_official:
-        official = pipeline.fit("fit-official", args.config, overrides)
+        data = [] if args.config else ["--data", OFFICIAL["class_path"]]
+        official = pipeline.fit("fit-official", args.config, [*data, *overrides])
         rows.append(["official split (index 0-4)", "all", official["metrics"]["test/acc"], "-"])
     if not args.skip_loso:
-        speakers = args.speakers or datamodule_from_config(args.loso_config).speakers
+        speakers = args.speakers or datamodule_from_config(args.loso_config or OFFICIAL).speakers
+        data = [] if args.loso_config else ["--data", OFFICIAL["class_path"], "--data.split", "speaker"]
         accuracies: dict[str, float] = {}
         adapted: dict[str, float] = {}
         for speaker in speakers:
             result = pipeline.fit(
-                f"fit-loso-{speaker}", args.loso_config, [*overrides, "--data.test_speakers", f"[{speaker}]"]
+                f"fit-loso-{speaker}", args.loso_config, [*data, *overrides, "--data.test_speakers", f"[{speaker}]"]
             )
             accuracies[speaker] = result["metrics"]["test/acc"]
             copy_confusion(Path(result["run"]) / "report_test", pipeline.workdir / f"confusion-{speaker}.csv")

@@ -121,3 +121,16 @@ def read_audio(
             )
         waveform = waveform[:max_samples]
     return waveform
+
+
+def audio_files(item: str | os.PathLike) -> list[Path]:
+    """``item`` itself, or for a folder the audio files below it (any depth, the suffixes of
+    :data:`speechrnn.audio.AUDIO_EXTENSIONS`), sorted. A folder without any raises
+    :class:`AudioError` naming it; a missing file is named when it is read."""
+    path = Path(item)
+    if not path.is_dir():
+        return [path]
+    found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not found:
+        raise AudioError(path, f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+    return found

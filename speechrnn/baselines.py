@@ -22,7 +22,7 @@ def bag_of_frames_accuracy(datamodule: SequenceDataModuleBase, c: float = 1.0) -
     returns the accuracy of each split. The features must not be normalised per utterance,
     which would erase exactly the statistics this baseline reads."""
     settings = datamodule.feature_settings
-    if settings is not None and settings.normalize == "utterance":
+    if settings is not None and settings.per_utterance:
         raise ValueError("bag-of-frames needs features.normalize='none' or 'dataset', not 'utterance'")
     datamodule.setup("fit")
     targets = datamodule.targets()
@@ -41,7 +41,7 @@ def energy_threshold_vad(datamodule: SequenceDataModuleBase) -> dict[str, dict[s
     a threshold chosen for the best frame F1 on the training split: the memoryless detector a
     recurrent model must beat. Returns precision, recall and F1 of ``speech`` for each split."""
     settings = datamodule.feature_settings
-    if settings is None or settings.normalize == "utterance":
+    if settings is None or settings.per_utterance:
         raise ValueError("the energy threshold needs audio features with normalize='none' or 'dataset'")
     datamodule.setup("fit")
     targets = datamodule.targets()

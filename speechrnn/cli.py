@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -11,12 +12,12 @@ from typing import Any
 
 import jsonargparse
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from speechrnn.callbacks import EpochTimer, LastCheckpoint, TrainingBudget
+from speechrnn.callbacks import AnnealedEarlyStopping, EpochTimer, LastCheckpoint, TrainingBudget
 from speechrnn.data.base import SequenceDataModuleBase
 from speechrnn.errors import ConfigError
 from speechrnn.models.classifier import RNNClassifier
@@ -95,12 +96,41 @@ def check_trainer_plan(trainer: Any) -> None:
         raise ConfigError("--trainer.limit_train_batches 0 trains nothing")
 
 
+def record_data_choices(config: Any, datamodule: Any) -> None:
+    """Write the DataModule's decisions on options left unset (normalisation, augmentation, feature
+    path) into the run's ``config`` namespace, so ``config.yaml`` replays the same run and the
+    commands that reuse it (evaluate, adapt) read the data as it was trained."""
+    data = getattr(config, "data", None)
+    init_args = getattr(data, "init_args", None)
+    if init_args is None:
+        return
+    if getattr(init_args, "augment", False) is None and hasattr(datamodule, "augment"):
+        init_args.augment = jsonargparse.Namespace(**dataclasses.asdict(datamodule.augment))
+    if getattr(init_args, "on_device_features", False) is None and hasattr(datamodule, "on_device_features"):
+        init_args.on_device_features = bool(datamodule.on_device_features)
+    features = getattr(init_args, "features", None)
+    settings = getattr(datamodule, "feature_settings", None)
+    if features is not None and getattr(features, "normalize", None) == "auto" and settings is not None:
+        features.normalize = settings.normalize
+
+
+class ResolvedConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` with what the DataModule decided for the options left to it."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if not self.already_saved and trainer.datamodule is not None:
+            record_data_choices(self.config, trainer.datamodule)
+        super().setup(trainer, pl_module, stage)
+
+
 class SpeechRNNCLI(LightningCLI):
     """LightningCLI over :class:`RNNClassifier` and any speechrnn DataModule (``--data CLASS``).
 
     The DataModule's ``feature_dim``, ``num_classes`` and ``class_names`` flow into the model, so
-    they are never typed. The best checkpoint (by ``val/loss``) and early stopping are configurable
-    as ``--checkpoint.*`` and ``--early_stopping.*``; ``last.ckpt`` holds the latest epoch. Without
+    they are never typed. The kept checkpoint (the last epoch's unless ``--checkpoint.monitor`` says
+    otherwise) and early stopping, which waits for the learning rate to anneal
+    (:class:`~speechrnn.callbacks.AnnealedEarlyStopping`), are configurable as ``--checkpoint.*`` and
+    ``--early_stopping.*``; ``last.ckpt`` holds the latest epoch. Without
     ``--trainer.max_epochs`` the number of epochs follows the training split's size
     (:class:`~speechrnn.callbacks.TrainingBudget`).
     """
@@ -122,6 +152,7 @@ class SpeechRNNCLI(LightningCLI):
                 subclass_mode_data=True,
                 trainer_defaults=trainer_defaults,
                 seed_everything_default=0,
+                save_config_callback=ResolvedConfigCallback,
                 save_config_kwargs={"overwrite": True},
                 args=args,
                 run=run,
@@ -163,18 +194,20 @@ class SpeechRNNCLI(LightningCLI):
             help="Resume from this checkpoint ('last' resumes the latest run state).",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.add_lightning_class_args(AnnealedEarlyStopping, "early_stopping")
         parser.set_defaults(
             {
                 "data": {"class_path": DEFAULT_DATA},
-                # Validation loss keeps moving after accuracy saturates on a small validation split.
-                "checkpoint.monitor": "val/loss",
+                # The kept model is the last epoch's, when the one-cycle schedule has annealed: on new
+                # voices validation loss rises from overconfidence while accuracy still climbs, and the
+                # last epoch beat the best by validation loss or accuracy wherever it was measured
+                # (benchmarks/README.md, "Defaults against recipes"). --checkpoint.monitor val/acc
+                # keeps the best by validation instead.
+                "checkpoint.monitor": None,
                 "checkpoint.mode": "min",
                 "checkpoint.save_last": False,
                 "checkpoint.filename": "epoch{epoch:03d}-val_loss{val/loss:.4f}-val_acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
-                "early_stopping.monitor": "val/loss",
-                "early_stopping.mode": "min",
                 "early_stopping.patience": 5,
                 # Both watch validation, so they act when it has run: a run that --trainer.max_steps
                 # ends mid-epoch has no validation loss for its last epoch.

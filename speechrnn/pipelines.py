@@ -83,9 +83,12 @@ def cache_workers(workers: int | None = None) -> int:
     return (os.cpu_count() or 1) if workers is None else workers
 
 
-def prepare(config: str | Path, workers: int | None = None, **init_args: Any) -> dict[str, Any]:
-    """Download or generate the corpus and build its feature cache, with all cores by default."""
+def prepare(config: dict[str, Any] | str | Path, workers: int | None = None, **init_args: Any) -> dict[str, Any]:
+    """Download or generate the corpus and build the feature cache its training runs read, with all
+    cores by default."""
     datamodule = datamodule_from_config(config, cache_workers=cache_workers(workers), **init_args)
+    if hasattr(datamodule, "training_run"):
+        datamodule.training_run = True
     datamodule.prepare_data()
     datamodule.setup("fit")
     return {

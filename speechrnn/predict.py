@@ -18,20 +18,9 @@ from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from speechrnn.audio import AUDIO_EXTENSIONS, AudioError
+from speechrnn.audio import AudioError, audio_files
 from speechrnn.errors import ConfigError, run_entry_point
 from speechrnn.inference import Predictor
-
-
-def audio_files(item: Path) -> list[Path]:
-    """``item`` itself, or for a folder the audio files below it, sorted; a folder without any
-    raises :class:`AudioError` naming it."""
-    if not item.is_dir():
-        return [item]
-    found = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-    if not found:
-        raise AudioError(item, f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
-    return found
 
 
 def predict(

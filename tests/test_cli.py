@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from speechrnn import RNNClassifier
+from speechrnn.features import FeatureSettings
 from speechrnn.fit import main
 from speechrnn.inference import Predictor
 from tests.conftest import chirp
@@ -44,7 +45,7 @@ def test_fit_runs_end_to_end_with_fast_dev_run(tiny_corpus: Path, tmp_path: Path
 
 
 def test_fit_writes_run_folder_and_checkpoint_classifies_a_wav(tiny_corpus: Path, tmp_path: Path) -> None:
-    main(fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "2"))
+    main(fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "2", "--data.features.normalize", "utterance"))
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     assert (run / "config.yaml").is_file()
     result = json.loads((run / "test_metrics.json").read_text())
@@ -69,7 +70,9 @@ def test_fit_writes_run_folder_and_checkpoint_classifies_a_wav(tiny_corpus: Path
     # The predictor's features equal the training cache's for a training file.
     from speechrnn.data import AudioFolderDataModule
 
-    dm = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=tmp_path / "cache")
+    dm = AudioFolderDataModule(
+        manifest=tiny_corpus, cache_dir=tmp_path / "cache", features=FeatureSettings(normalize="utterance")
+    )
     dm.setup("fit")
     predictor = Predictor.from_checkpoint(checkpoint)
     record = dm.record_of(0)

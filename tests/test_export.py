@@ -57,7 +57,14 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, help_process: subproce
     manifest = write_corpus(root / "corpus", speakers=6, per_class=2, stereo_every=3)
     paths = {}
     for cell, extra in CELLS.items():
-        runs = ["--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0"]
+        runs = [
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--data.features.normalize",
+            "utterance",
+        ]
         runs += ["--trainer.default_root_dir", str(root / cell)]
         fit(fit_args(manifest, root, *runs, *extra))
         paths[cell] = root / cell / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
@@ -141,7 +148,8 @@ def test_unknown_format_is_rejected(checkpoints: dict[str, Path], tmp_path: Path
 def test_feature_sequence_checkpoint_exports_the_network(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     """Without audio settings the export takes features (B, T, F) and frame lengths."""
     checkpoint = torch.load(checkpoints["lstm"], map_location="cpu", weights_only=False)
-    checkpoint["data_config"].update(features=None, feature_mean=[0.5] * 40, feature_std=[2.0] * 40)
+    dim = checkpoint["hyper_parameters"]["input_size"]
+    checkpoint["data_config"].update(features=None, feature_mean=[0.5] * dim, feature_std=[2.0] * dim)
     path = tmp_path / "features.ckpt"
     torch.save(checkpoint, path)
     with pytest.raises(ValueError, match="no audio feature settings"):
@@ -150,8 +158,8 @@ def test_feature_sequence_checkpoint_exports_the_network(checkpoints: dict[str, 
     assert isinstance(model, FeatureClassifier)
 
     module, metadata = load_torchscript(export_torchscript(path, tmp_path / "features.pt"))
-    assert metadata == {"class_names": CLASSES, "task": "classification", "input": "features", "feature_dim": 40}
-    features, lengths = torch.randn(3, 29, 40), torch.tensor([29, 4, 17])
+    assert metadata == {"class_names": CLASSES, "task": "classification", "input": "features", "feature_dim": dim}
+    features, lengths = torch.randn(3, 29, dim), torch.tensor([29, 4, 17])
     with torch.no_grad():
         got, expected = module(features, lengths), model(features, lengths)
         alone = model(features[1:2, :4], lengths[1:2])

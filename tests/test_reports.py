@@ -25,7 +25,7 @@ REPORT_FILES = ("report.md", "report.json", "classification_report.txt", "confus
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("run")
     manifest = write_corpus(tmp / "corpus", speakers=6, per_class=2)
-    main(fit_args(manifest, tmp, "--trainer.max_epochs", "2"))
+    main(fit_args(manifest, tmp, "--trainer.max_epochs", "2", "--data.features.normalize", "utterance"))
     return tmp / "runs" / "lightning_logs" / "version_0"
 
 

@@ -12,12 +12,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader
 
 from speechrnn.audio import AudioError, read_audio
 from speechrnn.data.augment import WARP_GRID, AugmentedStatistics, Augmenter, AugmentSettings
 from speechrnn.data.base import FrameMoments, PadCollate, Record, SequenceDataModuleBase, SequenceDataset
 from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
+from speechrnn.data.defaults import CPU_WAVEFORM_AUGMENT_MINUTES, choose_augmentation, training_audio_minutes
 from speechrnn.data.sampler import BucketBatchSampler
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
@@ -142,8 +144,8 @@ class AudioDataModule(SequenceDataModuleBase):
         max_seconds: float | None = None,
         long_clips: LongClips = "error",
         cache_workers: int = 0,
-        on_device_features: bool = False,
-        augment: AugmentSettings = AugmentSettings(),
+        on_device_features: bool | None = None,
+        augment: AugmentSettings | None = None,
         voice_activity: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -162,8 +164,13 @@ class AudioDataModule(SequenceDataModuleBase):
             cache_workers: Processes used to build the cache (0: in this process).
             on_device_features: Cache waveforms instead of features and compute MFCC (and
                 augmentation) on the accelerator in ``on_after_batch_transfer``; batches read
-                straight from the DataLoader then hold waveforms ``(batch, samples, 1)``.
-            augment: Training-split augmentation (time shift, background noise, SpecAugment).
+                straight from the DataLoader then hold waveforms ``(batch, samples, 1)``. None:
+                whatever the augmentation needs (waveforms for speed, warps and noise).
+            augment: Training-split augmentation (time shift, background noise, SpecAugment,
+                speed, vocal-tract length). None: in a training run (a Lightning Trainer attached),
+                chosen for the corpus and machine (:mod:`speechrnn.data.defaults`): the new-speaker
+                recipe's waveform augmentation on a GPU or for small corpora on a CPU, SpecAugment
+                and time shift otherwise, none for ``voice_activity``; used by hand, none.
             voice_activity: Label every frame speech or non-speech from the manifest's ``segments``
                 (voice activity detection, a ``frame_classification`` task) instead of labelling
                 each clip with its class.
@@ -181,19 +188,18 @@ class AudioDataModule(SequenceDataModuleBase):
         self.on_error = on_error
         self.clip_limit = None if max_seconds is None else ClipLimit(float(max_seconds), long_clips == "crop")
         self.cache_workers = cache_workers
-        self.on_device_features = on_device_features
-        self.augment = augment
-        if augment.needs_waveforms and not on_device_features:
-            raise ConfigError(
-                "augment.noise_dir, coloured_noise, speed_factors, vtln_warp and gain_db need on_device_features=True "
-                "(they work on waveforms, which only the waveform cache keeps)"
-            )
         self.voice_activity = voice_activity
-        if voice_activity and (on_device_features or augment.time_shift_ms or augment.speed_factors):
-            raise ConfigError(
-                "voice_activity labels frames of the cached features: it needs on_device_features=False and "
-                "no augment.time_shift_ms or augment.speed_factors (they would move speech away from its labels)"
-            )
+        if voice_activity:
+            augment = AugmentSettings() if augment is None else augment
+            on_device_features = False if on_device_features is None else on_device_features
+        self._check_augmentation(augment, on_device_features)
+        self._augment = augment
+        self._on_device_features = on_device_features
+        self.training_run = False
+        """Decide unset options as for training even without a Trainer attached (to build the cache a
+        training run will read, e.g. in a pipeline's prepare stage)."""
+        self.training_defaults = ""
+        """The choices made for options left unset (normalisation, augmentation), in words."""
         self.cache: MemmapFeatureCache | None = None
         self._frontend: MFCCFrontend | None = None
         self._augmenter: Augmenter | None = None
@@ -201,6 +207,82 @@ class AudioDataModule(SequenceDataModuleBase):
 
     native_sample_rate: int = 16000
     """Feature sample rate used when ``features.sample_rate`` is left unset."""
+
+    def _check_augmentation(self, augment: AugmentSettings | None, on_device_features: bool | None) -> None:
+        if augment is not None and augment.needs_waveforms and on_device_features is False:
+            raise ConfigError(
+                "augment.noise_dir, coloured_noise, speed_factors, vtln_warp and gain_db need on_device_features=True "
+                "(they work on waveforms, which only the waveform cache keeps)"
+            )
+        if self.voice_activity and (on_device_features or augment.time_shift_ms or augment.speed_factors):
+            raise ConfigError(
+                "voice_activity labels frames of the cached features: it needs on_device_features=False and "
+                "no augment.time_shift_ms or augment.speed_factors (they would move speech away from its labels)"
+            )
+
+    def _decide_normalization(self, records: list[Record]) -> None:
+        """``features.normalize='auto'`` decided from the records: per speaker when every clip's
+        speaker is known, else per utterance."""
+        if self.features.normalize == "auto":
+            speakers_known = all(r.speaker for r in records)
+            self.features = self.features.with_normalization(speakers_known)
+            self._note_default(f"{self.features.normalize} normalisation" + (" (speakers known)" * speakers_known))
+
+    @property
+    def augment(self) -> AugmentSettings:
+        """The training-split augmentation (decided on first use when left unset)."""
+        if self._augment is None or self._on_device_features is None:
+            self._choose_augmentation()
+        assert self._augment is not None
+        return self._augment
+
+    @augment.setter
+    def augment(self, settings: AugmentSettings) -> None:
+        self._augment = settings
+
+    @property
+    def on_device_features(self) -> bool:
+        """Whether the cache holds waveforms and features are computed per batch (decided on first use
+        when left unset)."""
+        if self._augment is None or self._on_device_features is None:
+            self._choose_augmentation()
+        return bool(self._on_device_features)
+
+    @on_device_features.setter
+    def on_device_features(self, value: bool) -> None:
+        self._on_device_features = value
+
+    def _on_gpu(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        accelerator = getattr(trainer, "accelerator", None)
+        if accelerator is not None:
+            return type(accelerator).__name__ == "CUDAAccelerator"
+        return torch.cuda.is_available()
+
+    def _choose_augmentation(self) -> None:
+        """Decide what was left unset. Under a Lightning Trainer (a training run), by the rules of
+        :mod:`speechrnn.data.defaults`; a DataModule used by hand gives plain cached features."""
+        if getattr(self, "trainer", None) is None and not self.training_run:
+            self._augment = AugmentSettings() if self._augment is None else self._augment
+            if self._on_device_features is None:
+                self._on_device_features = self._augment.needs_waveforms
+            return
+        minutes = None
+        if self._augment is None and self._on_device_features is not False and not self._on_gpu():
+            records = self.records
+            train = [
+                r.source for r, split in zip(records, self.record_splits(records), strict=True) if split == "train"
+            ]
+            minutes = training_audio_minutes(train, CPU_WAVEFORM_AUGMENT_MINUTES)
+        augment, on_device, why = choose_augmentation(self._augment, self._on_device_features, minutes, self._on_gpu())
+        self._check_augmentation(augment, on_device)
+        if self._augment is None:
+            self._note_default(why)
+        self._augment, self._on_device_features = augment, on_device
+
+    def _note_default(self, choice: str) -> None:
+        self.training_defaults = f"{self.training_defaults}; {choice}" if self.training_defaults else choice
+        rank_zero_info(f"{self.name}: {choice} (left to the defaults)")
 
     @property
     def name(self) -> str:
@@ -225,6 +307,7 @@ class AudioDataModule(SequenceDataModuleBase):
 
     def check_plan(self, records: list[Record] | None = None) -> list[str]:
         records = self.records if records is None else records
+        self._decide_normalization(records)
         if self.voice_activity:
             unknown = [r.source for r in records if r.segments is None]
             if unknown:
@@ -353,6 +436,19 @@ class AudioDataModule(SequenceDataModuleBase):
                 features, lengths, shift=not self.on_device_features
             )
         return (features, lengths, *rest)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data config, and the augmentation's random state (so a resumed run draws what an
+        uninterrupted one would)."""
+        state = super().state_dict()
+        if self._augmenter is not None:
+            state["augment_rng"] = self._augmenter.generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("augment_rng") is not None:
+            self.augmenter.generator.set_state(state_dict["augment_rng"])
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = getattr(self, "trainer", None)

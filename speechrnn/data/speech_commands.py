@@ -277,4 +277,7 @@ class SpeechCommandsDataModule(AudioDataModule):
         key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:12]
         folder = self.root / SILENCE / f"{corpus_name(self.version)}-{key}"
         paths = write_silence_clips(background, counts, folder, [self.seed, 2])
-        return [Record(str(path), SILENCE, None, split) for split in SPLITS for path in paths[split]]
+        # each silence clip is its own "speaker": per-speaker normalisation normalises it alone
+        return [
+            Record(str(path), SILENCE, f"{SILENCE}/{path.stem}", split) for split in SPLITS for path in paths[split]
+        ]

@@ -114,7 +114,7 @@ def test_standalone_usage_gives_documented_batches(fake_fsdd: Path, tmp_path: Pa
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     features, lengths, labels, indices = batch
-    assert features.dtype == torch.float32 and features.shape[2] == dm.feature_dim == 40
+    assert features.dtype == torch.float32 and features.shape[2] == dm.feature_dim == 39
     assert lengths.dtype == torch.int64 and labels.dtype == torch.int64 and indices.dtype == torch.int64
     assert features.shape[0] == len(lengths) == len(labels) == len(indices) <= 32
     for row in range(len(indices)):

@@ -80,7 +80,8 @@ def test_augmentation_is_seeded_and_training_only(tiny_corpus: Path, tmp_path: P
 
 def test_noise_needs_waveforms_and_settings_are_checked(tiny_corpus: Path) -> None:
     with pytest.raises(ValueError, match="on_device_features"):
-        AudioFolderDataModule(manifest=tiny_corpus, augment=AugmentSettings(noise_dir="x"))
+        AudioFolderDataModule(manifest=tiny_corpus, augment=AugmentSettings(noise_dir="x"), on_device_features=False)
+    assert AudioFolderDataModule(manifest=tiny_corpus, augment=AugmentSettings(noise_dir="x")).on_device_features
     with pytest.raises(ValueError, match="augment.noise_snr_db"):
         AugmentSettings(noise_snr_db=(20.0, 5.0))
 

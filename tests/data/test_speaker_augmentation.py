@@ -129,7 +129,8 @@ def test_waveform_augmentation_needs_the_waveform_cache(tiny_corpus: Path) -> No
         AugmentSettings(gain_db=3),
     ):
         with pytest.raises(ConfigError, match="need on_device_features=True"):
-            AudioFolderDataModule(manifest=tiny_corpus, augment=augment)
+            AudioFolderDataModule(manifest=tiny_corpus, augment=augment, on_device_features=False)
+        assert AudioFolderDataModule(manifest=tiny_corpus, augment=augment).on_device_features  # left unset: follows
     with pytest.raises(ValueError, match="vtln_warp must be in"):
         AugmentSettings(vtln_warp=0.7)
 
