@@ -3,11 +3,11 @@ feature path of a training run, decided from the corpus and the machine.
 
 The rules are measured (``benchmarks/README.md``, "Defaults against recipes"): waveform
 augmentation (speed, vocal-tract length, coloured noise) simulates the new voices and channels
-that a corpus of a few speakers lacks, and lifted FSDD leave-one-speaker-out from 78.9 % to
-91.4 % mean with per-speaker normalisation. It recomputes the front end of every clip at every
-epoch and needs about 40 epochs, so on a CPU it is chosen for corpora of up to
-:data:`CPU_WAVEFORM_AUGMENT_MINUTES` of training audio; larger ones get SpecAugment and time shift
-on the cached features, which cost nothing per epoch.
+that a corpus of a few speakers lacks; with per-speaker normalisation it is what lifted FSDD
+leave-one-speaker-out from the old defaults' 78.9 % mean to the recipe's 91.4 %. It recomputes the
+front end of every clip at every epoch and needs about 40 epochs, so on a CPU it is chosen for
+corpora of up to :data:`CPU_WAVEFORM_AUGMENT_MINUTES` of training audio; larger ones get
+SpecAugment and time shift on the cached features, which cost nothing per epoch.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ validation speakers)."""
 
 CPU_WAVEFORM_AUGMENT_MINUTES = 60.0
 """On a CPU, waveform augmentation is chosen for training splits of at most an hour of audio (FSDD:
-14 minutes; the shared Speech Commands slice, 12 classes: 45; the embedded corpus: 63): 40 epochs of
-an hour is what two CPU cores train in about a quarter of an hour (benchmarks/README.md)."""
+14 minutes; the shared Speech Commands slice, 12 classes: 45; the embedded corpus: 63). Its 40
+epochs of 45 minutes took two CPU cores 13 s each (a BiGRU 2 x 128; benchmarks/README.md): an hour
+keeps a default run on a CPU near ten minutes."""
 
 
 def training_audio_minutes(paths: list[str], limit: float) -> float:
