@@ -183,7 +183,8 @@ class SpeechRNNCLI(LightningCLI):
 
     @property
     def best_checkpoint(self) -> ModelCheckpoint:
-        """The callback keeping the best checkpoint by the monitored metric (``--checkpoint.*``)."""
+        """The callback keeping the checkpoint ``fit`` tests (``--checkpoint.*``): the last epoch's, or
+        the best by ``--checkpoint.monitor``."""
         return self._get(self.config_init, "checkpoint")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

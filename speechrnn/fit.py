@@ -1,4 +1,4 @@
-"""``python -m speechrnn.fit``: train, test the best checkpoint, write ``test_metrics.json`` and the
+"""``python -m speechrnn.fit``: train, test the kept checkpoint, write ``test_metrics.json`` and the
 test split's evaluation report (``report_test/``) into the run folder.
 
 With no arguments it trains a bidirectional GRU on the embedded synthetic-commands corpus.
@@ -42,7 +42,8 @@ def resolve_checkpoint(ckpt_path: str | None, trainer: Any) -> str | None:
 
 
 def main(args: list[str] | None = None) -> dict[str, float]:
-    """Train, test the best checkpoint and write the run's metrics and report; returns the test metrics.
+    """Train, test the kept checkpoint (the last epoch's unless ``--checkpoint.monitor`` names a
+    metric) and write the run's metrics and report; returns the test metrics.
 
     Options are checked before any data is prepared: an impossible one raises
     :class:`~speechrnn.errors.ConfigError` naming it.
@@ -51,7 +52,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         cli = SpeechRNNCLI(args=args)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     check_trainer_plan(trainer)
-    datamodule.required_splits = SPLITS  # fit validates every epoch and tests the best checkpoint
+    datamodule.required_splits = SPLITS  # fit validates every epoch and tests the kept checkpoint
     trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_checkpoint(cli.config.get("ckpt_path"), trainer))
     best = cli.best_checkpoint.best_model_path if trainer.checkpoint_callback else ""
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)

@@ -54,9 +54,9 @@ def test_early_stopping_waits_for_the_annealed_phase_and_the_last_epoch_is_kept(
     assert yaml.safe_load((run / "config.yaml").read_text())["checkpoint"]["monitor"] is None
 
 
-def test_training_budget_gives_augmented_runs_forty_epochs() -> None:
+def test_training_budget_gives_small_augmented_corpora_forty_epochs() -> None:
     budget = TrainingBudget()
-    assert [budget.epochs_for(n, augmented=True) for n in (7, 66, 3000)] == [100, 40, 40]
+    assert [budget.epochs_for(n, augmented=True) for n in (7, 66, 500, 3000)] == [100, 40, 20, 10]
     assert [budget.epochs_for(n) for n in (7, 66, 3000)] == [100, 16, 10]
 
 
