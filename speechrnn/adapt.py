@@ -49,11 +49,9 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from speechrnn.cli import GRADIENT_CLIP_VAL, default_precision
-from speechrnn.data.base import SequenceDataModuleBase, SequenceDataset, Split
-from speechrnn.data.sampler import BucketBatchSampler
+from speechrnn.data.base import SequenceDataModuleBase, Split
 from speechrnn.data.unlabelled import RecordingsDataModule, voices_of_arguments
 from speechrnn.errors import ConfigError, checked_options, run_entry_point
 from speechrnn.evaluate import build_parser as evaluation_parser
@@ -125,20 +123,7 @@ def subset_probabilities(
     datamodule.setup("test")
     assert datamodule.store is not None
     model = model.to(device).eval()
-    dataset = SequenceDataset(datamodule.store, indices, np.zeros(len(datamodule.store), np.int64))
-    sampler = BucketBatchSampler(
-        dataset.lengths if datamodule.bucketing else np.zeros(len(dataset), np.int64),
-        batch_size=datamodule.batch_size,
-        max_frames=datamodule.max_frames,
-        shuffle=False,
-        seed=datamodule.seed,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=datamodule.collate(),
-        generator=torch.Generator().manual_seed(datamodule.seed),  # keeps the global RNG to the model
-    )
+    loader = datamodule.subset_dataloader(indices)
     outputs, order = [], []
     for batch in loader:
         features, lengths, *_ = datamodule.featurize((batch[0].to(device), *batch[1:]))

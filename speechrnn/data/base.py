@@ -528,6 +528,27 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             bucket_size_multiplier=self.bucket_size_multiplier if self.bucketing else 1,
             even_shards=split == "train",
         )
+        return self._loader(dataset, sampler, collate)
+
+    def subset_dataloader(self, indices: np.ndarray, collate: PadCollate | None = None) -> DataLoader:
+        """Batches of the stored sequences ``indices`` (e.g. one voice's clips, whatever their split),
+        bucketed and padded as evaluation batches are, in a fixed order, in this process alone."""
+        if self.store is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for data")
+        if not hasattr(self, "_targets"):
+            self._targets = self.targets()
+        dataset = SequenceDataset(self.store, np.asarray(indices, dtype=np.int64), self._targets)
+        sampler = BucketBatchSampler(
+            dataset.lengths if self.bucketing else np.zeros(len(dataset), np.int64),
+            batch_size=self.batch_size,
+            max_frames=self.max_frames,
+            shuffle=False,
+            seed=self.seed,
+            bucket_size_multiplier=self.bucket_size_multiplier if self.bucketing else 1,
+        )
+        return self._loader(dataset, sampler, collate)
+
+    def _loader(self, dataset: SequenceDataset, sampler: BucketBatchSampler, collate: PadCollate | None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_sampler=sampler,
