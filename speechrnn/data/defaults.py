@@ -37,7 +37,7 @@ validation speakers)."""
 CPU_WAVEFORM_AUGMENT_MINUTES = 60.0
 """On a CPU, waveform augmentation is chosen for training splits of at most an hour of audio (FSDD:
 14 minutes; the shared Speech Commands slice, 12 classes: 45; the embedded corpus: 63). Its 40
-epochs of 45 minutes took two CPU cores 13 s each (a BiGRU 2 x 128; benchmarks/README.md): an hour
+epochs of 45 minutes took two CPU cores 11-13 s each (a BiGRU 2 x 128; benchmarks/README.md): an hour
 keeps a default run on a CPU near ten minutes."""
 
 
