@@ -61,8 +61,8 @@ from common import LibrosaMFCCDataset, PackedBiGRU, folder_mib, load_line, machi
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from speechrnn.data.fsdd import FILE_PATTERN
-from speechrnn.data.locations import corpus_root
+from speechrnn.data.corpora.fsdd import FILE_PATTERN
+from speechrnn.data.corpora.locations import corpus_root
 from speechrnn.features import FeatureSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def synthetic_items(root: Path) -> list[tuple[str, int, str]]:
 
 
 def synthetic_repetitions(clips: int) -> int:
-    from speechrnn.data.synthesis import WORDS
+    from speechrnn.data.corpora.synthetic.generator import WORDS
 
     return max(1, round(clips / (SYNTHETIC_SPEAKERS * len(WORDS))))
 
@@ -404,7 +404,7 @@ def prepare_corpus(args: argparse.Namespace) -> None:
         args.root = str(limited_fsdd_root(source, args.limit, args.seed) if args.limit else source)
         args.subset_dir = args.root if args.limit else None
         return
-    from speechrnn.data.synthesis import SyntheticCorpusConfig, corpus_is_current, generate_corpus
+    from speechrnn.data.corpora.synthetic.generator import SyntheticCorpusConfig, corpus_is_current, generate_corpus
 
     args.repetitions = synthetic_repetitions(args.clips)
     args.root = args.root or str(REPO / "data" / f"bench_synthetic_{args.clips}")

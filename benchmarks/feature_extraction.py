@@ -43,8 +43,8 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from speechrnn.data import FSDDDataModule
-from speechrnn.data.fsdd import FILE_PATTERN
-from speechrnn.data.locations import corpus_root
+from speechrnn.data.corpora.fsdd import FILE_PATTERN
+from speechrnn.data.corpora.locations import corpus_root
 from speechrnn.features import FeatureSettings, MFCCFrontend, librosa_mfcc
 from speechrnn.models import SequenceClassifierNet
 

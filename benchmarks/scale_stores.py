@@ -4,7 +4,7 @@ For each size of the synthetic corpus (generated once, not timed, into ``data/be
 
 1. memmap build: ``SyntheticCommandsDataModule.prepare_data()`` into a fresh cache folder (every
    clip read and featurised, ``--cache-workers`` processes);
-2. LitData build: ``speechrnn.data.shards.write_shards`` from that cache (what
+2. LitData build: ``speechrnn.data.storage.shards.write_shards`` from that cache (what
    ``pipelines/build_cache.py --format litdata`` does after the features exist);
 3. reading, each store in its own process: the training loader alone for ``--read-batches``
    batches after ``--warmup`` (samples/s), then ``--train-steps`` optimizer steps of the BiGRU of
@@ -41,7 +41,12 @@ SPEAKERS = 30
 
 def corpus(clips: int) -> tuple[Path, int]:
     """The synthetic corpus of about ``clips`` clips (generated if missing) and its repetitions."""
-    from speechrnn.data.synthesis import WORDS, SyntheticCorpusConfig, corpus_is_current, generate_corpus
+    from speechrnn.data.corpora.synthetic.generator import (
+        WORDS,
+        SyntheticCorpusConfig,
+        corpus_is_current,
+        generate_corpus,
+    )
 
     repetitions = max(1, round(clips / (SPEAKERS * len(WORDS))))
     root = REPO / "data" / f"bench_synthetic_{clips}"
@@ -63,7 +68,7 @@ def synthetic(root: str, repetitions: int, cache_dir: str, workers: int = 0):
 
 # --- children: one measurement each, in a fresh process --------------------------------------------
 def build(args: argparse.Namespace) -> dict:
-    from speechrnn.data.shards import write_shards
+    from speechrnn.data.storage.shards import write_shards
 
     tick = time.perf_counter()
     dm = synthetic(args.root, args.repetitions, args.cache_dir, args.cache_workers)
@@ -91,7 +96,7 @@ def read(args: argparse.Namespace) -> dict:
     if args.store == "memmap":
         dm = synthetic(args.root, args.repetitions, args.cache_dir)
     else:
-        from speechrnn.data.sharded import ShardedDataModule
+        from speechrnn.data.corpora.from_shards import ShardedDataModule
 
         dm = ShardedDataModule(path=args.shards, batch_size=64, seed=0)
     dm.setup("fit")

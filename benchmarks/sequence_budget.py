@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import CLI
 
-from speechrnn.data.sequences import save_npz
+from speechrnn.data.corpora.sequences import save_npz
 
 CLASSES, DIM = 9, 12
 SPLIT_SIZES = {"train": 270, "val": 27, "test": 370}
@@ -64,7 +64,7 @@ def last_epoch_accuracy(run: Path) -> float:
 def main(workdir: Path = Path("lightning_logs/benchmarks/sequence_budget"), seed: int = 0) -> list[dict]:
     """Write the set, fit with the defaults and with 100 epochs, print the table."""
     from speechrnn.fit import main as fit
-    from speechrnn.pipelines import latest_run
+    from speechrnn.stages import latest_run
 
     data = write_set(Path(workdir) / "sequences.npz", seed)
     rows = []

@@ -26,7 +26,7 @@ import numpy as np
 from common import load_line, machine_lines
 
 from speechrnn.data import FSDDDataModule
-from speechrnn.data.sequences import save_npz
+from speechrnn.data.corpora.sequences import save_npz
 from speechrnn.features import FeatureSettings
 
 SPEAKERS = ("george", "jackson", "nicolas", "theo", "yweweler")

@@ -17,7 +17,7 @@ import yaml
 from jsonargparse import CLI
 
 from speechrnn.baselines import bag_of_frames_accuracy
-from speechrnn.pipelines import datamodule_from_config, latest_run
+from speechrnn.stages import datamodule_from_config, latest_run
 
 
 def main(run: Path | None = None) -> dict[str, float]:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from speechrnn.data.shards import DEFAULT_CHUNK_BYTES, write_shards
+from speechrnn.data.storage.shards import DEFAULT_CHUNK_BYTES, write_shards
 from speechrnn.errors import run_entry_point
-from speechrnn.pipelines import cache_workers, datamodule_from_config, prepare
+from speechrnn.stages import cache_workers, datamodule_from_config, prepare
 
 
 def main() -> None:

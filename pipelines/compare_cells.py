@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from speechrnn.pipelines import Pipeline, prepare
+from speechrnn.stages import Pipeline, prepare
 
 
 def main() -> None:

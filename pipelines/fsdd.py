@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 
 from speechrnn.adapt import main as adapt
-from speechrnn.pipelines import Pipeline, datamodule_from_config, prepare
+from speechrnn.stages import Pipeline, datamodule_from_config, prepare
 
 OFFICIAL = {"class_path": "speechrnn.data.FSDDDataModule", "init_args": {"split": "official"}}
 """The data of the default fits (the official split; folds add ``--data.split speaker``)."""

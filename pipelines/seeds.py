@@ -10,7 +10,7 @@
    (``CharTextDataModule``); bits per character on the held-out end of the text.
 
 Each baseline beside it is what a model without memory of the sequence would score. Finished
-systems are skipped on a rerun (``speechrnn.pipelines.Pipeline``).
+systems are skipped on a rerun (``speechrnn.stages.Pipeline``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from speechrnn.data.sequences import save_npz
-from speechrnn.data.text import generated_text
-from speechrnn.pipelines import Pipeline
+from speechrnn.data.corpora.sequences import save_npz
+from speechrnn.data.corpora.text import generated_text
+from speechrnn.stages import Pipeline
 
 COMMON = ("--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from speechrnn.baselines import bag_of_frames_accuracy
-from speechrnn.pipelines import Pipeline, datamodule_from_config, prepare
+from speechrnn.stages import Pipeline, datamodule_from_config, prepare
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ energy-threshold detector -> a plot of one test clip -> the same clips streamed 
 Frame-level precision, recall and F1 of ``speech`` are computed on the synthetic test speakers
 (never heard in training). Streaming feeds each test clip's features to ``StreamingClassifier`` a
 chunk at a time, carrying the recurrent state, and checks that every frame's decision equals the
-offline one. Finished stages are skipped on a rerun (``speechrnn.pipelines.Pipeline``).
+offline one. Finished stages are skipped on a rerun (``speechrnn.stages.Pipeline``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechrnn.audio import read_audio
+from speechrnn.audio_io import read_audio
 from speechrnn.baselines import energy_threshold_vad
 from speechrnn.io import atomic_write_bytes
 from speechrnn.models.classifier import RNNClassifier
 from speechrnn.models.streaming import StreamingClassifier
-from speechrnn.pipelines import Pipeline, datamodule_from_config, prepare
 from speechrnn.reports import plot_voice_activity
+from speechrnn.stages import Pipeline, datamodule_from_config, prepare
 
 
 def test_clips(run: Path, checkpoint: str) -> tuple[RNNClassifier, Any, list[tuple[torch.Tensor, np.ndarray, int]]]:

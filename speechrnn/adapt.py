@@ -22,7 +22,7 @@ about, keeps the original model; when no voice is left the command refuses. Each
 RECORDINGS (audio files, or folders searched recursively) are a user's own recordings, each
 argument one voice, as ``python -m speechrnn.predict`` takes them. They are featurised with the
 checkpoint's settings and normalised as in training (per utterance, with the training statistics,
-or with their own voice's statistics: :mod:`speechrnn.data.unlabelled`), and the model is
+or with their own voice's statistics: :mod:`speechrnn.data.corpora.unlabelled`), and the model is
 fine-tuned on the run's training split plus them. They have no labels, so no accuracy is reported:
 ``adaptation.json`` and ``changes.csv`` give each file's label and probability before and after.
 A voice with too few recordings, or none confident, is refused before any fine-tuning.
@@ -52,7 +52,7 @@ import torch
 
 from speechrnn.cli import GRADIENT_CLIP_VAL, default_precision
 from speechrnn.data.base import SequenceDataModuleBase, Split
-from speechrnn.data.unlabelled import RecordingsDataModule, voices_of_arguments
+from speechrnn.data.corpora.unlabelled import RecordingsDataModule, voices_of_arguments
 from speechrnn.errors import ConfigError, checked_options, run_entry_point
 from speechrnn.evaluate import build_parser as evaluation_parser
 from speechrnn.evaluate import parse_with_run_data, resolve_device

@@ -9,7 +9,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from speechrnn.data.base import SequenceDataModuleBase
-from speechrnn.data.cache import FeatureStore
+from speechrnn.data.storage.feature_cache import FeatureStore
 
 
 def bag_of_frames(store: FeatureStore, indices: np.ndarray) -> np.ndarray:

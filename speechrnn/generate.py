@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechrnn.data.text import one_hot
+from speechrnn.data.corpora.text import one_hot
 from speechrnn.errors import UserInputError, run_entry_point
 from speechrnn.models.classifier import RNNClassifier
 from speechrnn.models.encoder import State

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechrnn.audio import AudioError, read_audio, resample, to_mono
+from speechrnn.audio_io import AudioError, read_audio, resample, to_mono
 from speechrnn.data.base import FrameMoments, SequenceDataModuleBase, Split
 from speechrnn.features import FeatureSettings, MFCCFrontend, pooled_moments, standardize
 from speechrnn.models.classifier import RNNClassifier, is_per_step, output_activation

@@ -18,7 +18,7 @@ from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from speechrnn.audio import AudioError, audio_files
+from speechrnn.audio_io import AudioError, audio_files
 from speechrnn.errors import ConfigError, run_entry_point
 from speechrnn.inference import Predictor
 

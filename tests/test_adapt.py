@@ -17,7 +17,7 @@ import torch
 
 from speechrnn.adapt import AdaptSettings, build_parser, screen, self_train, subset_probabilities, validation_check
 from speechrnn.adapt import main as adapt
-from speechrnn.audio import AudioError
+from speechrnn.audio_io import AudioError
 from speechrnn.data import AudioFolderDataModule
 from speechrnn.errors import ConfigError, run_entry_point
 from speechrnn.evaluate import parse_with_run_data

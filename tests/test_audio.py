@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechrnn.audio import AudioError, read_audio
+from speechrnn.audio_io import AudioError, read_audio
 
 
 def write(path: Path, samples: np.ndarray, rate: int = 16000, subtype: str | None = None) -> Path:

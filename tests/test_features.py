@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechrnn.audio import read_audio
+from speechrnn.audio_io import read_audio
 from speechrnn.features import FeatureSettings, MFCCFrontend, librosa_mfcc, normalize_utterances
 from tests.conftest import REAL_DATA, chirp
 

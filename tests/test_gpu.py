@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechrnn.audio import read_audio
+from speechrnn.audio_io import read_audio
 from speechrnn.data import AudioFolderDataModule
 from speechrnn.data.augment import AugmentSettings
 from speechrnn.features import FeatureSettings

@@ -20,17 +20,17 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechrnn.audio import AudioError, read_audio
+from speechrnn.audio_io import AudioError, read_audio
 from speechrnn.cli import RUN_VERSION_ENV, reserve_run_version, run_version
 from speechrnn.data import AudioFolderDataModule, SequenceDataModule
-from speechrnn.data.cache import MemmapFeatureCache
-from speechrnn.data.folder import read_manifest
-from speechrnn.data.sequences import load_npz, save_npz
+from speechrnn.data.corpora.folder import read_manifest
+from speechrnn.data.corpora.sequences import load_npz, save_npz
+from speechrnn.data.storage.feature_cache import MemmapFeatureCache
 from speechrnn.errors import ConfigError, UserInputError, run_entry_point
 from speechrnn.fit import main as fit
 from speechrnn.io import CheckpointError, atomic_write_json, read_checkpoint, remove_stale_builds
-from speechrnn.pipelines import summarise_run
 from speechrnn.predict import main as predict
+from speechrnn.stages import summarise_run
 from tests.conftest import chirp, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,7 +243,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_cache_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
     script = (
-        "from speechrnn.data.cache import map_chunks_with_progress\n"
+        "from speechrnn.data.storage.feature_cache import map_chunks_with_progress\n"
         "from tests.test_hostile_inputs import record_worker\n"
         "for _ in map_chunks_with_progress(record_worker, list(range(400)), 'x', num_workers=2, chunk_size=1):\n"
         "    pass\n"
@@ -325,7 +325,7 @@ def test_permission_denied_is_named_as_such(tmp_path: Path, monkeypatch) -> None
             raise PermissionError(13, "Permission denied", str(file))
         return builtins.open(file, *args, **kwargs)
 
-    monkeypatch.setattr("speechrnn.audio.open", refuse, raising=False)
+    monkeypatch.setattr("speechrnn.audio_io.open", refuse, raising=False)
     with pytest.raises(AudioError, match=r"locked\.wav: permission denied"):
         read_audio(path, 16000)
 

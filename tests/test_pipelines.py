@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from speechrnn.cli import SpeechRNNCLI
-from speechrnn.pipelines import Pipeline, markdown_table, prepare
+from speechrnn.stages import Pipeline, markdown_table, prepare
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "pipelines" / "configs").glob("*.yaml"))
 CPU = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.devices", "1"]

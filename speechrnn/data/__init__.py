@@ -1,16 +1,16 @@
 """Lightning DataModules: audio folders and manifests, the embedded synthetic corpus, and friends."""
 
-from speechrnn.data.audio import AudioDataModule
+from speechrnn.data.audio_base import AudioDataModule
 from speechrnn.data.base import Record, SequenceDataModuleBase
-from speechrnn.data.cache import FeatureStore, MemmapFeatureCache
-from speechrnn.data.folder import AudioFolderDataModule
-from speechrnn.data.fsdd import FSDDDataModule
-from speechrnn.data.sampler import BucketBatchSampler
-from speechrnn.data.sequences import SequenceDataModule
-from speechrnn.data.sharded import ShardedDataModule
-from speechrnn.data.speech_commands import SpeechCommandsDataModule
-from speechrnn.data.synthetic import SyntheticCommandsDataModule
-from speechrnn.data.text import CharTextDataModule
+from speechrnn.data.corpora.folder import AudioFolderDataModule
+from speechrnn.data.corpora.from_shards import ShardedDataModule
+from speechrnn.data.corpora.fsdd import FSDDDataModule
+from speechrnn.data.corpora.sequences import SequenceDataModule
+from speechrnn.data.corpora.speech_commands import SpeechCommandsDataModule
+from speechrnn.data.corpora.synthetic.datamodule import SyntheticCommandsDataModule
+from speechrnn.data.corpora.text import CharTextDataModule
+from speechrnn.data.storage.bucketing import BucketBatchSampler
+from speechrnn.data.storage.feature_cache import FeatureStore, MemmapFeatureCache
 
 __all__ = [
     "AudioDataModule",

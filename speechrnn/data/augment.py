@@ -18,7 +18,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from speechrnn.audio import AUDIO_EXTENSIONS, read_audio
+from speechrnn.audio_io import AUDIO_EXTENSIONS, read_audio
 from speechrnn.padding import lengths_mask
 
 

@@ -22,8 +22,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from speechrnn.data.cache import FeatureStore
-from speechrnn.data.sampler import BucketBatchSampler
+from speechrnn.data.storage.bucketing import BucketBatchSampler
+from speechrnn.data.storage.feature_cache import FeatureStore
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings, standardize
 from speechrnn.padding import PADDED_CLASS, lengths_mask

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechrnn.audio import AudioError
+from speechrnn.audio_io import AudioError
 from speechrnn.data import AudioFolderDataModule
 from tests.conftest import write_corpus
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from speechrnn.data import AudioFolderDataModule, MemmapFeatureCache
-from speechrnn.data.cache import ConcatenatedFeatureStore, cache_key
+from speechrnn.data.storage.feature_cache import ConcatenatedFeatureStore, cache_key
 from speechrnn.features import FeatureSettings
 
 
@@ -79,8 +79,8 @@ def test_batched_extraction_equals_each_file_alone(tmp_path: Path) -> None:
     import soundfile as sf
     import torch
 
-    from speechrnn.audio import AudioError, read_audio
-    from speechrnn.data.audio import extract_features_batch
+    from speechrnn.audio_io import AudioError, read_audio
+    from speechrnn.data.audio_base import extract_features_batch
     from speechrnn.features import MFCCFrontend
     from tests.conftest import chirp
 

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
-import speechrnn.data.fsdd as fsdd
-from speechrnn.data.fsdd import FSDDDataModule
+import speechrnn.data.corpora.fsdd as fsdd
+from speechrnn.data.corpora.fsdd import FSDDDataModule
 from tests.conftest import REAL_DATA
 
 SHARED_FSDD = REAL_DATA / "fsdd" / "recordings"

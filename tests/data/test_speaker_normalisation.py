@@ -115,7 +115,7 @@ def test_inference_with_a_new_speakers_recordings_equals_evaluation(speaker_chec
 
 
 def _one(predictor, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from speechrnn.audio import read_audio
+    from speechrnn.audio_io import read_audio
 
     audio = read_audio(source, predictor.settings.rate, min_samples=predictor.settings.win_length)
     return audio.unsqueeze(0), torch.tensor([audio.numel()])
@@ -139,7 +139,7 @@ def test_predict_takes_each_input_as_one_speaker(speaker_checkpoint, tmp_path: P
 
 
 def _enrolled(predictor, files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    from speechrnn.audio import read_audio
+    from speechrnn.audio_io import read_audio
 
     clips = [read_audio(f, predictor.settings.rate, min_samples=predictor.settings.win_length) for f in files]
     return torch.nn.utils.rnn.pad_sequence(clips, batch_first=True), torch.tensor([len(c) for c in clips])
@@ -187,8 +187,8 @@ def test_a_per_speaker_model_exports_with_the_speakers_enrollment_as_input(
 
 def test_shards_of_a_per_speaker_corpus_give_the_same_normalised_batches(tiny_corpus: Path, tmp_path: Path) -> None:
     pytest.importorskip("litdata")
-    from speechrnn.data.sharded import ShardedDataModule
-    from speechrnn.data.shards import write_shards
+    from speechrnn.data.corpora.from_shards import ShardedDataModule
+    from speechrnn.data.storage.shards import write_shards
 
     write_shards(
         AudioFolderDataModule(manifest=tiny_corpus, cache_dir=tmp_path / "c", features=SPEAKER), tmp_path / "s"

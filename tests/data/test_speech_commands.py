@@ -10,8 +10,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechrnn.data import speech_commands as sc
-from speechrnn.data.speech_commands import COMMANDS, SILENCE, UNKNOWN, WORDS_V1, WORDS_V2, SpeechCommandsDataModule
+from speechrnn.data.corpora import speech_commands as sc
+from speechrnn.data.corpora.speech_commands import (
+    COMMANDS,
+    SILENCE,
+    UNKNOWN,
+    WORDS_V1,
+    WORDS_V2,
+    SpeechCommandsDataModule,
+)
 
 SPEAKERS = ("0a1b2c3d", "1f00ba47", "2c0ffee0", "3dead00d")
 TRAIN_SPEAKER_IN_TEST = "0a1b2c3d"

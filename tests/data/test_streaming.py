@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from speechrnn.data import SequenceDataModule, ShardedDataModule
-from speechrnn.data.sampler import bucket_batches
-from speechrnn.data.shards import (
+from speechrnn.data.storage.bucketing import bucket_batches
+from speechrnn.data.storage.shards import (
     ShardFeatureStore,
     ShardIndex,
     StreamingDependencyError,

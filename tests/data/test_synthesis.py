@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechrnn.data import synthesis
-from speechrnn.data.synthesis import (
+from speechrnn.data.corpora.synthetic import generator as synthesis
+from speechrnn.data.corpora.synthetic.generator import (
     ORDER_PAIRS,
     PHONES,
     SAMPLE_RATE,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from speechrnn import RNNClassifier
-from speechrnn.data.text import CharTextDataModule, generated_text
+from speechrnn.data.corpora.text import CharTextDataModule, generated_text
 from speechrnn.errors import UserInputError
 from speechrnn.fit import main
 from speechrnn.generate import sample_text

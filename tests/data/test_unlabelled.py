@@ -11,18 +11,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechrnn.audio import AudioError, audio_files
+from speechrnn.audio_io import AudioError, audio_files
 from speechrnn.data import AudioFolderDataModule
-from speechrnn.data.audio import extract_features_batch
+from speechrnn.data.audio_base import extract_features_batch
 from speechrnn.data.augment import AugmentSettings
 from speechrnn.data.base import FrameMoments
-from speechrnn.data.cache import ConcatenatedFeatureStore
-from speechrnn.data.unlabelled import (
+from speechrnn.data.corpora.unlabelled import (
     UNLABELLED,
     ChainedFeatureStore,
     RecordingsDataModule,
     voices_of_arguments,
 )
+from speechrnn.data.storage.feature_cache import ConcatenatedFeatureStore
 from speechrnn.errors import UserInputError
 from speechrnn.features import FeatureSettings, standardize
 from tests.conftest import CLASSES, chirp, write_corpus

@@ -12,9 +12,9 @@ import soundfile as sf
 import torch
 
 from speechrnn.data import AudioFolderDataModule
-from speechrnn.data.audio import VOICE_ACTIVITY_CLASSES, speech_frames
+from speechrnn.data.audio_base import VOICE_ACTIVITY_CLASSES, speech_frames
 from speechrnn.data.augment import AugmentSettings
-from speechrnn.data.folder import format_segments, parse_segments, read_manifest
+from speechrnn.data.corpora.folder import format_segments, parse_segments, read_manifest
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings
 from speechrnn.fit import main as fit

@@ -10,7 +10,7 @@ import torch
 
 from speechrnn import RNNClassifier
 from speechrnn.data.base import pad_targets
-from speechrnn.data.sequences import SequenceDataModule, load_npz, save_npz
+from speechrnn.data.corpora.sequences import SequenceDataModule, load_npz, save_npz
 from speechrnn.errors import UserInputError
 from speechrnn.fit import main
 from speechrnn.padding import PADDED_CLASS

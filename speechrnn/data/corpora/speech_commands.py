@@ -14,9 +14,9 @@ from typing import Any, Literal
 import numpy as np
 import soundfile as sf
 
-from speechrnn.data.audio import AudioDataModule
+from speechrnn.data.audio_base import AudioDataModule
 from speechrnn.data.base import SPLITS, Record
-from speechrnn.data.locations import corpus_root
+from speechrnn.data.corpora.locations import corpus_root
 from speechrnn.errors import MissingInputError
 from speechrnn.io import atomic_directory
 
@@ -199,7 +199,7 @@ class SpeechCommandsDataModule(AudioDataModule):
                 all other-word recordings of the split). 0 drops the class.
             seed: Seed of the ``_unknown_`` sample, the ``_silence_`` clips and the batch order.
             **kwargs: Feature, cache, augmentation and batching options of
-                :class:`~speechrnn.data.audio.AudioDataModule`.
+                :class:`~speechrnn.data.audio_base.AudioDataModule`.
         """
         super().__init__(val_fraction=0.0, test_fraction=0.0, seed=seed, **kwargs)
         if version not in (1, 2):

@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from speechrnn.data.audio import AudioDataModule
+from speechrnn.data.audio_base import AudioDataModule
 from speechrnn.data.base import Record
-from speechrnn.data.locations import corpus_root
+from speechrnn.data.corpora.locations import corpus_root
 from speechrnn.errors import MissingInputError
 from speechrnn.io import atomic_directory
 
@@ -138,7 +138,7 @@ class FSDDDataModule(AudioDataModule):
             download: Fetch the dataset (tag ``v1.0.10`` from GitHub) in ``prepare_data`` when
                 ``root`` holds no recordings.
             **kwargs: Feature, cache, augmentation and batching options of
-                :class:`~speechrnn.data.audio.AudioDataModule`.
+                :class:`~speechrnn.data.audio_base.AudioDataModule`.
         """
         super().__init__(val_fraction=val_fraction, test_fraction=0.0, **kwargs)
         if split not in ("official", "speaker"):

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from speechrnn.data.base import Record, SequenceDataModuleBase
-from speechrnn.data.cache import ConcatenatedFeatureStore
+from speechrnn.data.storage.feature_cache import ConcatenatedFeatureStore
 from speechrnn.errors import MissingInputError, UserInputError
 
 SequenceTask = Literal["classification", "regression", "frame_classification", "frame_regression"]
@@ -43,7 +43,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"{path}: holds object arrays, which would have to be unpickled (a file can run code that "
             "way, so speechrnn never does). Store ragged sequences concatenated: features "
             "(total_frames, F) float32 plus lengths (frames per sequence), e.g. with "
-            "speechrnn.data.sequences.save_npz(path, sequences, labels)"
+            "speechrnn.data.corpora.sequences.save_npz(path, sequences, labels)"
         ) from None
     except (OSError, EOFError) as error:
         raise UserInputError(f"{path}: not a readable .npz archive ({error})") from None

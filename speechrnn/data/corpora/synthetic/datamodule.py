@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from speechrnn.data.audio import AudioDataModule
+from speechrnn.data.audio_base import AudioDataModule
 from speechrnn.data.base import Record
-from speechrnn.data.folder import read_manifest
-from speechrnn.data.synthesis import WORDS, SyntheticCorpusConfig, corpus_is_current, generate_corpus
+from speechrnn.data.corpora.folder import read_manifest
+from speechrnn.data.corpora.synthetic.generator import WORDS, SyntheticCorpusConfig, corpus_is_current, generate_corpus
 
 DEFAULT_ROOT = Path("data/synthetic_commands")
 
@@ -45,7 +45,7 @@ class SyntheticCommandsDataModule(AudioDataModule):
             corpus_seed: Seed of the generator (the corpus is a pure function of its parameters).
             generation_workers: Processes used to generate (default: all cores).
             **kwargs: Feature, cache, augmentation and batching options of
-                :class:`~speechrnn.data.audio.AudioDataModule`.
+                :class:`~speechrnn.data.audio_base.AudioDataModule`.
         """
         self.corpus = SyntheticCorpusConfig(
             num_speakers=num_speakers,

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from speechrnn.audio import AUDIO_EXTENSIONS
-from speechrnn.data.audio import AudioDataModule, OnError
+from speechrnn.audio_io import AUDIO_EXTENSIONS
+from speechrnn.data.audio_base import AudioDataModule, OnError
 from speechrnn.data.base import Record
 from speechrnn.errors import MissingInputError, UserInputError
 
@@ -184,7 +184,7 @@ class AudioFolderDataModule(AudioDataModule):
             speaker_pattern: For ``root``: regular expression with a ``(?P<speaker>...)`` group
                 matched against file names, e.g. ``^(?P<speaker>[^_]+)_``.
             **kwargs: Feature, cache, augmentation, batching and split options of
-                :class:`~speechrnn.data.audio.AudioDataModule`.
+                :class:`~speechrnn.data.audio_base.AudioDataModule`.
         """
         super().__init__(**kwargs)
         if (root is None) == (manifest is None):

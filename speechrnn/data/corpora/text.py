@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from speechrnn.data.sequences import SequenceDataModule
+from speechrnn.data.corpora.sequences import SequenceDataModule
 from speechrnn.errors import MissingInputError, UserInputError
 
 SUBJECTS = ("the old sailor", "a small bird", "the miller", "my sister", "the river", "an honest man", "the wind")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from speechrnn.data.base import SPLITS
-from speechrnn.data.cache import FeatureStore
+from speechrnn.data.storage.feature_cache import FeatureStore
 from speechrnn.errors import ConfigError, MissingInputError, UserInputError
 from speechrnn.io import atomic_directory
 

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechrnn.audio import audio_files
-from speechrnn.data.audio import extract_features_batch, extract_waveform
+from speechrnn.audio_io import audio_files
+from speechrnn.data.audio_base import extract_features_batch, extract_waveform
 from speechrnn.data.base import FrameMoments, PadCollate, Record, SequenceDataModuleBase
-from speechrnn.data.cache import ConcatenatedFeatureStore, FeatureStore
+from speechrnn.data.storage.feature_cache import ConcatenatedFeatureStore, FeatureStore
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
 

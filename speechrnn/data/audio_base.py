@@ -15,12 +15,12 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader
 
-from speechrnn.audio import AudioError, read_audio
+from speechrnn.audio_io import AudioError, read_audio
 from speechrnn.data.augment import WARP_GRID, AugmentedStatistics, Augmenter, AugmentSettings
 from speechrnn.data.base import FrameMoments, PadCollate, Record, SequenceDataModuleBase, SequenceDataset
-from speechrnn.data.cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
 from speechrnn.data.defaults import CPU_WAVEFORM_AUGMENT_MINUTES, choose_augmentation, training_audio_minutes
-from speechrnn.data.sampler import BucketBatchSampler
+from speechrnn.data.storage.bucketing import BucketBatchSampler
+from speechrnn.data.storage.feature_cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
 

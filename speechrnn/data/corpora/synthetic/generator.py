@@ -43,7 +43,7 @@ import soundfile as sf
 from scipy import signal
 
 from speechrnn.data.base import SPLITS
-from speechrnn.data.folder import format_segments
+from speechrnn.data.corpora.folder import format_segments
 from speechrnn.io import atomic_directory
 
 SAMPLE_RATE = 16000

@@ -125,7 +125,7 @@ def read_audio(
 
 def audio_files(item: str | os.PathLike) -> list[Path]:
     """``item`` itself, or for a folder the audio files below it (any depth, the suffixes of
-    :data:`speechrnn.audio.AUDIO_EXTENSIONS`), sorted. A folder without any raises
+    :data:`speechrnn.audio_io.AUDIO_EXTENSIONS`), sorted. A folder without any raises
     :class:`AudioError` naming it; a missing file is named when it is read."""
     path = Path(item)
     if not path.is_dir():

@@ -4,7 +4,7 @@ resumable mid-epoch.
 Items arrive in LitData's order: for training, shuffled chunk by chunk (seeded, new each epoch), each
 process reading its own chunks; for evaluation, in storage order, every clip exactly once across
 processes. Every ``window`` items are sorted by length and cut into batches by the rule of
-:class:`~speechrnn.data.sampler.BucketBatchSampler` (:func:`~speechrnn.data.sampler.bucket_batches`:
+:class:`~speechrnn.data.storage.bucketing.BucketBatchSampler` (:func:`~speechrnn.data.storage.bucketing.bucket_batches`:
 ``batch_size`` items, or at most ``max_frames`` padded frames), and a training window's batches are
 shuffled (seeded by seed, epoch and window). Given the same item order and window, the batches are the
 sampler's.
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechrnn.data.sampler import bucket_batches
+from speechrnn.data.storage.bucketing import bucket_batches
 
 Item = tuple[np.ndarray, Any, int]
 
@@ -54,14 +54,14 @@ def _first(items: list[Any]) -> Any:
 
 class StreamBatches:
     """An iterable of padded batches ``(features, lengths, targets, indices)`` from a LitData
-    ``StreamingDataset`` of shard items (see :mod:`speechrnn.data.shards`).
+    ``StreamingDataset`` of shard items (see :mod:`speechrnn.data.storage.shards`).
 
     Args:
         dataset: The split's ``StreamingDataset``; its world size and rank are LitData's (detected
             from ``torch.distributed`` when it was created).
         count: Clips in the split.
         collate: Pads a list of ``(features, target, index)`` items into a batch.
-        batch_size, max_frames: The batch rule of :class:`~speechrnn.data.sampler.BucketBatchSampler`.
+        batch_size, max_frames: The batch rule of :class:`~speechrnn.data.storage.bucketing.BucketBatchSampler`.
         window: Items sorted by length together.
         bucketing: Sort windows by length (otherwise batches keep the stream's order).
         training: Shuffle (seeded), and equal steps on every process; otherwise storage order, every

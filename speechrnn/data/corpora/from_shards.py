@@ -10,8 +10,8 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from speechrnn.data.base import SPLITS, PadCollate, Record, SequenceDataModuleBase, Split
-from speechrnn.data.shards import ShardFeatureStore, ShardIndex, ShardRecords, open_split
-from speechrnn.data.stream_batches import StreamBatches
+from speechrnn.data.storage.shards import ShardFeatureStore, ShardIndex, ShardRecords, open_split
+from speechrnn.data.storage.stream_batches import StreamBatches
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings
 
@@ -23,7 +23,7 @@ class ShardedDataModule(SequenceDataModuleBase):
     were built from, read from ``path`` alone.
 
     Training reads LitData's shuffled stream, each process its own chunks, and batches it like the
-    memory-mapped path (:mod:`speechrnn.data.stream_batches`: length-sorted windows of
+    memory-mapped path (:mod:`speechrnn.data.storage.stream_batches`: length-sorted windows of
     ``batch_size x 100`` clips, the same ``max_frames`` rule); evaluation reads every clip once across
     processes. The position in the training epoch is saved in checkpoints, so a run resumed from one
     continues the epoch where it stopped. With ``max_frames`` the number of batches per epoch is

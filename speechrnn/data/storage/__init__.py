@@ -1,0 +1,2 @@
+"""Where features live between the audio and the model: the memory-mapped cache, LitData shards,
+and the length-bucketed batches read from them."""
