@@ -1,14 +1,22 @@
-"""What the benchmark scripts share: the machine description and the naive pipeline written the
-usual way (librosa MFCC in ``Dataset.__getitem__``, padding collate, packed ``nn.GRU``)."""
+"""What the benchmark scripts share: one command line, measurements in a child process of their
+own, the machine description and the naive pipeline written the usual way (librosa MFCC in
+``Dataset.__getitem__``, padding collate, packed ``nn.GRU``)."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
+import tempfile
 import time
+import typing
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,49 @@ from torch.utils.data import Dataset
 
 from speechrnn.features import FeatureSettings, librosa_mfcc
 from speechrnn.padding import lengths_mask
+
+
+# --- the command line and the child processes --------------------------------------------------------
+def command_line(component: Callable[..., Any] | type, doc: str | None) -> Any:
+    """``component`` called with (a function) or built from (a dataclass) the command line's options
+    (:func:`speechrnn.cli.run_script`)."""
+    from speechrnn.cli import run_script
+
+    return run_script(component, doc)
+
+
+def run_in_child(function: Callable[[Any], dict], request: Any) -> dict:
+    """``function(request)`` in a fresh Python process, so that its cold start and peak memory are
+    its own. ``function`` is a module-level function of a benchmark script whose one parameter is a
+    dataclass: ``request`` goes to the child as JSON on its standard input, the result (a dict)
+    comes back as JSON in a temporary file."""
+    script = Path(inspect.getfile(function)).resolve()
+    with tempfile.TemporaryDirectory(prefix="bench-child-") as folder:
+        result = Path(folder) / "result.json"
+        code = (
+            f"import sys; sys.path.insert(0, {str(script.parent)!r}); import common; "
+            f"common.serve({script.stem!r}, {function.__name__!r}, {str(result)!r})"
+        )
+        payload = json.dumps(dataclasses.asdict(request))
+        subprocess.run([sys.executable, "-c", code], input=payload, text=True, check=True)
+        return json.loads(result.read_text())
+
+
+def serve(module: str, function: str, result: str) -> None:
+    """The child's side of :func:`run_in_child`: the request from standard input, rebuilt as the
+    dataclass ``function`` takes, and the function's result written to ``result``."""
+    target = getattr(importlib.import_module(module), function)
+    parameter = next(iter(inspect.signature(target).parameters))
+    request = from_json(typing.get_type_hints(target)[parameter], json.loads(sys.stdin.read()))
+    Path(result).write_text(json.dumps(target(request)))
+
+
+def from_json(kind: Any, value: Any) -> Any:
+    """``value`` (decoded JSON) as ``kind``: a dataclass is rebuilt field by field, the rest is kept."""
+    if not dataclasses.is_dataclass(kind):
+        return value
+    hints = typing.get_type_hints(kind)
+    return kind(**{name: from_json(hints[name], item) for name, item in value.items()})
 
 
 # --- the machine ------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 The same BiGRU (2 x 128 on 40 MFCCs, mean pooling, batch 64, AdamW, same learning rate, same seed,
 same number of optimizer steps) is trained three ways, each in its own subprocess so peak resident
-memory (``ru_maxrss``) is its own:
+memory (``ru_maxrss``) is its own (``common.run_in_child``: the child reads one ``Request``, the
+pipeline's name and the settings, as JSON on its standard input):
 
 (a) naive: librosa MFCC computed in ``Dataset.__getitem__`` (``speechrnn.features.librosa_mfcc``,
     the reference mapping, per-utterance normalisation), random batches from a plain ``DataLoader``
@@ -24,9 +25,11 @@ memory (``ru_maxrss``) is its own:
 
 Two more on request (``--pipelines``): (r) is (b) without bucketing, (g) is (b) with PyTorch's
 ``nn.GRU`` instead of the fused CPU GRU (``encoder.fused = "off"``), to separate the gains.
+``--pipelines`` takes names or their letters: ``'[naive, cache, on_device, fit]'`` is ``abcf``, the
+default; ``unbucketed`` is (r), ``nn_gru`` (g). The table ``PIPELINES`` below describes each.
 
 Printed per pipeline: samples/s once warm (median over per-step rates after the first epoch, or
-after ``--warmup-steps`` when the run is shorter than two epochs), time of the first epoch from a
+after ``--warmup_steps`` when the run is shorter than two epochs), time of the first epoch from a
 cold start (cache building and warm-ups included; extrapolated, marked ``*``, when fewer steps than
 an epoch are run), the ratios to (a), test accuracy (argmax) after the same steps, peak RSS.
 
@@ -34,11 +37,11 @@ an epoch are run), the ratios to (a), test accuracy (argmax) after the same step
     python benchmarks/compare_pipelines.py --corpus synthetic --clips 10000 --steps 24
     python benchmarks/compare_pipelines.py --limit 200 --steps 10           # smoke test (< 1 min)
     python benchmarks/compare_pipelines.py --device cuda --precision bf16   # on a GPU (also: 16)
+    python benchmarks/compare_pipelines.py --pipelines abcg                 # or '[naive, cache, on_device, nn_gru]'
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -48,16 +51,25 @@ import resource
 import shlex
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import librosa  # noqa: F401  (imported up front like torch and Lightning: only its first call is warm-up)
 import torch
-from common import LibrosaMFCCDataset, PackedBiGRU, folder_mib, load_line, machine_lines, pad_collate
+from common import (
+    LibrosaMFCCDataset,
+    PackedBiGRU,
+    command_line,
+    folder_mib,
+    load_line,
+    machine_lines,
+    pad_collate,
+    run_in_child,
+)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -70,14 +82,110 @@ FSDD_ROOT = corpus_root("fsdd", "recordings")
 SYNTHETIC_SPEAKERS = 30
 HIDDEN = 128
 LAYERS = 2
-PIPELINES = {
-    "a": "(a) naive: librosa in __getitem__, packed nn.GRU",
-    "b": "(b) speechrnn: feature cache, bucketing",
-    "c": "(c) speechrnn: on-device features",
-    "f": "(f) speechrnn: the real fit (python -m speechrnn.fit)",
-    "r": "(r) speechrnn: feature cache, no bucketing (random batches)",
-    "g": "(g) speechrnn: as (b), with nn.GRU instead of the fused CPU GRU",
-}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One pipeline: its letter (the short name benchmarks/README.md's tables use), its name, what it
+    is, and how it is built: ``naive`` (librosa in ``__getitem__``, packed ``nn.GRU``),
+    ``datamodule`` (a speechrnn DataModule and ``SequenceClassifierNet`` in a plain loop, with the
+    options below) or ``fit`` (``speechrnn.fit.main``)."""
+
+    letter: str
+    name: str
+    what: str
+    build: Literal["naive", "datamodule", "fit"]
+    on_device: bool = False
+    bucketing: bool = True
+    fused: Literal["auto", "off"] = "auto"
+
+    @property
+    def title(self) -> str:
+        """The pipeline's row in the table: its letter and what it is."""
+        return f"({self.letter}) {self.what}"
+
+
+PIPELINES = (
+    Spec("a", "naive", "naive: librosa in __getitem__, packed nn.GRU", "naive"),
+    Spec("b", "cache", "speechrnn: feature cache, bucketing", "datamodule"),
+    Spec("c", "on_device", "speechrnn: on-device features", "datamodule", on_device=True),
+    Spec("f", "fit", "speechrnn: the real fit (python -m speechrnn.fit)", "fit"),
+    Spec("r", "unbucketed", "speechrnn: feature cache, no bucketing (random batches)", "datamodule", bucketing=False),
+    Spec("g", "nn_gru", "speechrnn: as (b), with nn.GRU instead of the fused CPU GRU", "datamodule", fused="off"),
+)
+"""Every pipeline, in the order they run and appear in the table."""
+
+
+@dataclass
+class Settings:
+    """What every pipeline shares, and which pipelines run.
+
+    Attributes:
+        corpus: fsdd (the official split) or synthetic (the embedded corpus, generated once).
+        root: FSDD recordings (default: $SPEECHRNN_DATA/fsdd/recordings) or the synthetic corpus folder
+            (default: data/bench_synthetic_<clips>).
+        clips: Synthetic corpus size (about: rounded to words x 30 speakers x repetitions).
+        limit: FSDD only: use a seeded subset of this many recordings.
+        steps: Optimizer steps per pipeline (default: 3 epochs for FSDD, min(2 epochs, 24) for synthetic).
+        warmup_steps: Steps left out of the warm rate when the run is shorter than an epoch + 5 steps.
+        batch: Batch size of every pipeline.
+        device: Where every pipeline trains: cpu, cuda, cuda:1, ...
+        precision: Autocast dtype (bf16 or 16 on a GPU; 32 on a CPU).
+        bucket_batches: (b)/(c): batches per length-sorting window (default 0: the DataModule's).
+        lr: AdamW's learning rate (constant) in every pipeline.
+        seed: Seed of the subset, the model, the batches and the fit.
+        threads: Torch intra-op threads (default 0: torch's default, one per core).
+        naive_workers: DataLoader num_workers values tried for (a), each a run of its own.
+        pipelines: Pipelines to run, by name or letter (a list, or one run of letters such as abcg):
+            naive (a), cache (b), on_device (c), fit (f: the real fit), unbucketed (r: (b) without
+            bucketing), nn_gru (g: (b) with nn.GRU).
+        fit_args: (f): extra speechrnn.fit options, e.g. '--model.fused off'.
+    """
+
+    corpus: Literal["fsdd", "synthetic"] = "fsdd"
+    root: str | None = None
+    clips: int = 3000
+    limit: int | None = None
+    steps: int | None = None
+    warmup_steps: int = 5
+    batch: int = 64
+    device: str = "cpu"
+    precision: Literal["32", "bf16", "16"] = "32"
+    bucket_batches: int = 0
+    lr: float = 3e-3
+    seed: int = 0
+    threads: int = 0
+    naive_workers: list[int] = field(default_factory=lambda: [0, 2])
+    pipelines: list[str] | str = field(default_factory=lambda: ["naive", "cache", "on_device", "fit"])
+    fit_args: str = ""
+
+    @property
+    def repetitions(self) -> int:
+        """Repetitions of every word by every speaker in the synthetic corpus of about ``clips`` clips."""
+        return synthetic_repetitions(self.clips)
+
+
+@dataclass
+class Request:
+    """What one child process runs: the pipeline named ``pipeline`` with ``settings`` (its corpus
+    prepared, its steps decided), and ``workers`` DataLoader processes for (a)."""
+
+    pipeline: str
+    workers: int
+    settings: Settings
+
+
+def selected(choice: list[str] | str) -> list[Spec]:
+    """The pipelines ``choice`` names (names or letters, or one run of letters), in the table's order."""
+    by_key = {key: spec for spec in PIPELINES for key in (spec.letter, spec.name)}
+    words = [choice] if isinstance(choice, str) else choice
+    keys = [key for word in words for key in ([word] if word in by_key else list(word))]
+    unknown = [key for key in keys if key not in by_key]
+    if unknown:
+        names = ", ".join(f"{spec.name} ({spec.letter})" for spec in PIPELINES)
+        raise SystemExit(f"--pipelines: no pipeline {', '.join(map(repr, unknown))}; there are {names}")
+    wanted = {by_key[key].name for key in keys}
+    return [spec for spec in PIPELINES if spec.name in wanted]
 
 
 # --- shared reporting --------------------------------------------------------------------------------
@@ -120,6 +228,11 @@ def synthetic_items(root: Path) -> list[tuple[str, int, str]]:
         rows = list(csv.DictReader(handle))
     classes = sorted({row["label"] for row in rows})
     return [(str(root / row["path"]), classes.index(row["label"]), row["split"]) for row in rows]
+
+
+def corpus_items(settings: Settings) -> list[tuple[str, int, str]]:
+    """``(path, label, split)`` of every clip of the prepared corpus."""
+    return fsdd_items(Path(settings.root)) if settings.corpus == "fsdd" else synthetic_items(Path(settings.root))
 
 
 def synthetic_repetitions(clips: int) -> int:
@@ -225,63 +338,65 @@ def accuracy(
     return correct / max(total, 1)
 
 
-def speechrnn_datamodule(args: argparse.Namespace, cache_dir: str, on_device: bool, bucketing: bool = True):
-    if args.corpus == "fsdd":
+def speechrnn_datamodule(settings: Settings, spec: Spec, cache_dir: str):
+    """The DataModule of a ``datamodule`` pipeline, its cache in ``cache_dir``."""
+    if settings.corpus == "fsdd":
         from speechrnn.data import FSDDDataModule
 
         # val_fraction=0: train on the whole official train split (recordings 5-49), as (a) does.
         return FSDDDataModule(
-            root=args.root,
+            root=settings.root,
             val_fraction=0.0,
             cache_dir=cache_dir,
-            on_device_features=on_device,
-            bucketing=bucketing,
-            batch_size=args.batch,
-            seed=args.seed,
+            on_device_features=spec.on_device,
+            bucketing=spec.bucketing,
+            batch_size=settings.batch,
+            seed=settings.seed,
         )
     from speechrnn.data import SyntheticCommandsDataModule
 
     return SyntheticCommandsDataModule(
-        root=args.root,
-        repetitions=args.repetitions,
+        root=settings.root,
+        repetitions=settings.repetitions,
         cache_dir=cache_dir,
-        on_device_features=on_device,
-        bucketing=bucketing,
-        batch_size=args.batch,
-        seed=args.seed,
+        on_device_features=spec.on_device,
+        bucketing=spec.bucketing,
+        batch_size=settings.batch,
+        seed=settings.seed,
     )
 
 
-def fit_arguments(args: argparse.Namespace, cache_dir: str, runs_dir: str, timer: dict) -> list[str]:
+def fit_arguments(settings: Settings, cache_dir: str, runs_dir: str, timer: dict) -> list[str]:
     """``speechrnn.fit`` options for the same data, model, optimiser and steps as (b)."""
-    if args.corpus == "fsdd":
-        data = ["--data", "FSDDDataModule", "--data.root", args.root]
+    if settings.corpus == "fsdd":
+        data = ["--data", "FSDDDataModule", "--data.root", settings.root]
     else:
-        data = ["--data", "SyntheticCommandsDataModule", "--data.root", args.root,
-                "--data.repetitions", str(args.repetitions)]  # fmt: skip
-    accelerator = "cpu" if args.device == "cpu" else "gpu"
-    precision = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}[args.precision]
+        data = ["--data", "SyntheticCommandsDataModule", "--data.root", settings.root,
+                "--data.repetitions", str(settings.repetitions)]  # fmt: skip
+    accelerator = "cpu" if settings.device == "cpu" else "gpu"
+    precision = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}[settings.precision]
     return [
-        *data, "--data.cache_dir", cache_dir, "--data.batch_size", str(args.batch), "--data.seed", str(args.seed),
+        *data, "--data.cache_dir", cache_dir, "--data.batch_size", str(settings.batch),
+        "--data.seed", str(settings.seed),
         "--model.cell", "gru", "--model.hidden_size", str(HIDDEN), "--model.num_layers", str(LAYERS),
         "--model.bidirectional", "true", "--model.pooling", "mean", "--model.dropout", "0",
-        "--model.lr", str(args.lr), "--model.scheduler", "none",
-        "--trainer.max_steps", str(args.steps), "--trainer.max_epochs", "1000",
+        "--model.lr", str(settings.lr), "--model.scheduler", "none",
+        "--trainer.max_steps", str(settings.steps), "--trainer.max_epochs", "1000",
         "--trainer.accelerator", accelerator, "--trainer.devices", "1", "--trainer.precision", precision,
-        "--trainer.default_root_dir", runs_dir, "--seed_everything", str(args.seed),
+        "--trainer.default_root_dir", runs_dir, "--seed_everything", str(settings.seed),
         "--trainer.callbacks+", json.dumps({"class_path": "common.FitTimer", "init_args": timer}),
-        *shlex.split(args.fit_args),
+        *shlex.split(settings.fit_args),
     ]  # fmt: skip
 
 
-def run_fit(args: argparse.Namespace, result: dict, baseline: float, started: float) -> dict:
+def run_fit(settings: Settings, result: dict, baseline: float, started: float) -> dict:
     """(f): ``speechrnn.fit.main`` as users run it, timed by ``common.FitTimer``."""
     from speechrnn.fit import main as fit
 
     cache_dir = tempfile.mkdtemp(prefix="bench-cache-f-")
     runs_dir = tempfile.mkdtemp(prefix="bench-runs-f-")
     timer_file = os.path.join(runs_dir, "timer.json")
-    metrics = fit(fit_arguments(args, cache_dir, runs_dir, {"path": timer_file, "started": started}))
+    metrics = fit(fit_arguments(settings, cache_dir, runs_dir, {"path": timer_file, "started": started}))
     result.update(memory_report(baseline))
     timed = json.loads(Path(timer_file).read_text())
     result.update(timed)
@@ -295,56 +410,60 @@ def run_fit(args: argparse.Namespace, result: dict, baseline: float, started: fl
     return result
 
 
-def run_pipeline(args: argparse.Namespace) -> dict:
-    """One pipeline, cold: everything from building its data to the last step is timed."""
-    root = Path(args.root)
-    settings = FeatureSettings().resolve(8000 if args.corpus == "fsdd" else 16000)
-    items = fsdd_items(root) if args.corpus == "fsdd" else synthetic_items(root)
+def run_pipeline(request: Request) -> dict:
+    """One pipeline, cold, in a child process (``common.run_in_child``): everything from building
+    its data to the last step is timed."""
+    spec = next(spec for spec in PIPELINES if spec.name == request.pipeline)
+    settings = request.settings
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    features = FeatureSettings().resolve(8000 if settings.corpus == "fsdd" else 16000)
+    items = corpus_items(settings)
     num_classes = len({label for _, label, _ in items})
     n_train = sum(1 for item in items if item[2] == "train")
     baseline = current_rss_mib()
-    torch.manual_seed(args.seed)
-    result: dict = {"pipeline": args.only, "n_train": n_train, "epoch_steps": math.ceil(n_train / args.batch)}
+    torch.manual_seed(settings.seed)
+    epoch_steps = math.ceil(n_train / settings.batch)
+    result: dict = {"pipeline": spec.letter, "n_train": n_train, "epoch_steps": epoch_steps}
     cache_dir = None
-    device = torch.device(args.device)
+    device = torch.device(settings.device)
     started = time.perf_counter()
-    if args.only == "f":
-        return run_fit(args, result, baseline, started)
-    if args.only == "a":
-        model: nn.Module = PackedBiGRU(settings.feature_dim, num_classes)
-        train_set = LibrosaMFCCDataset([(p, y) for p, y, s in items if s == "train"], settings)
-        test_set = LibrosaMFCCDataset([(p, y) for p, y, s in items if s == "test"], settings)
+    if spec.build == "fit":
+        return run_fit(settings, result, baseline, started)
+    if spec.build == "naive":
+        model: nn.Module = PackedBiGRU(features.feature_dim, num_classes)
+        train_set = LibrosaMFCCDataset([(p, y) for p, y, s in items if s == "train"], features)
+        test_set = LibrosaMFCCDataset([(p, y) for p, y, s in items if s == "test"], features)
 
         def loader(dataset: Dataset, shuffle: bool) -> DataLoader:
             return DataLoader(
                 dataset,
-                batch_size=args.batch,
+                batch_size=settings.batch,
                 shuffle=shuffle,
                 collate_fn=pad_collate,
-                num_workers=args.workers,
+                num_workers=request.workers,
                 pin_memory=device.type == "cuda",
-                generator=torch.Generator().manual_seed(args.seed),
+                generator=torch.Generator().manual_seed(settings.seed),
             )
 
         train_loader = loader(train_set, True)
         result["setup_s"] = time.perf_counter() - started
-        stats = train(model, lambda epoch: train_loader, args.steps, result["epoch_steps"], args.lr, started, device,
-                      args.precision)  # fmt: skip
+        stats = train(model, lambda epoch: train_loader, settings.steps, epoch_steps, settings.lr, started, device,
+                      settings.precision)  # fmt: skip
         test_batches: Iterable = loader(test_set, False)
-        result["workers"] = args.workers
+        result["workers"] = request.workers
     else:
-        on_device = args.only == "c"
-        cache_dir = tempfile.mkdtemp(prefix=f"bench-cache-{args.only}-")
-        dm = speechrnn_datamodule(args, cache_dir, on_device, bucketing=args.only != "r")
-        if args.bucket_batches:
-            dm.bucket_size_multiplier = args.bucket_batches
+        cache_dir = tempfile.mkdtemp(prefix=f"bench-cache-{spec.letter}-")
+        dm = speechrnn_datamodule(settings, spec, cache_dir)
+        if settings.bucket_batches:
+            dm.bucket_size_multiplier = settings.bucket_batches
         dm.prepare_data()  # builds the cache from scratch (fresh cache_dir)
         dm.setup("fit")
         result["setup_s"] = time.perf_counter() - started
         from speechrnn.models import SequenceClassifierNet
 
         model = SequenceClassifierNet(dm.feature_dim, dm.num_classes, "gru", HIDDEN, LAYERS, True, pooling="mean")
-        model.encoder.fused = "off" if args.only == "g" else "auto"
+        model.encoder.fused = spec.fused
         train_loader = dm.train_dataloader()
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -361,7 +480,7 @@ def run_pipeline(args: argparse.Namespace) -> dict:
                 features, lengths, labels, _ = dm.featurize((features, lengths, labels, indices))
                 yield features, lengths, labels
 
-        stats = train(model, batches, args.steps, result["epoch_steps"], args.lr, started, device, args.precision)
+        stats = train(model, batches, settings.steps, epoch_steps, settings.lr, started, device, settings.precision)
         test_batches = test_iter()
         result["cache_mib"] = folder_mib(cache_dir)
     result.update(memory_report(baseline))  # after training, before evaluation
@@ -395,70 +514,32 @@ def summarise(result: dict, warmup_steps: int) -> dict:
     return warm
 
 
-def prepare_corpus(args: argparse.Namespace) -> None:
-    """FSDD: the folder (or a seeded subset for --limit); synthetic: generate, timed on its own."""
-    if args.corpus == "fsdd":
-        source = Path(args.root or FSDD_ROOT)
+def prepare_corpus(settings: Settings) -> tuple[Settings, Path | None]:
+    """FSDD: the folder (or a seeded subset for --limit); synthetic: generate, timed on its own.
+    Returns the settings with the corpus's folder, and the subset's folder to remove at the end."""
+    if settings.corpus == "fsdd":
+        source = Path(settings.root or FSDD_ROOT)
         if not source.is_dir():
             raise SystemExit(f"{source}: no FSDD recordings there; give --root or set SPEECHRNN_DATA")
-        args.root = str(limited_fsdd_root(source, args.limit, args.seed) if args.limit else source)
-        args.subset_dir = args.root if args.limit else None
-        return
+        subset = limited_fsdd_root(source, settings.limit, settings.seed) if settings.limit else None
+        return replace(settings, root=str(subset or source)), subset
     from speechrnn.data.corpora.synthetic.generator import SyntheticCorpusConfig, corpus_is_current, generate_corpus
 
-    args.repetitions = synthetic_repetitions(args.clips)
-    args.root = args.root or str(REPO / "data" / f"bench_synthetic_{args.clips}")
-    config = SyntheticCorpusConfig(num_speakers=SYNTHETIC_SPEAKERS, repetitions=args.repetitions)
-    if corpus_is_current(args.root, config):
-        print(f"synthetic corpus: {config.num_clips} clips already in {args.root} (not regenerated)")
+    root = settings.root or str(REPO / "data" / f"bench_synthetic_{settings.clips}")
+    config = SyntheticCorpusConfig(num_speakers=SYNTHETIC_SPEAKERS, repetitions=settings.repetitions)
+    if corpus_is_current(root, config):
+        print(f"synthetic corpus: {config.num_clips} clips already in {root} (not regenerated)")
     else:
         tick = time.perf_counter()
-        generate_corpus(args.root, config)
+        generate_corpus(root, config)
         seconds = time.perf_counter() - tick
-        words = config.num_clips // (SYNTHETIC_SPEAKERS * args.repetitions)
+        words = config.num_clips // (SYNTHETIC_SPEAKERS * settings.repetitions)
         print(
-            f"synthetic corpus: generated {config.num_clips} clips ({args.repetitions} repetitions x "
-            f"{SYNTHETIC_SPEAKERS} speakers x {words} words) in {seconds:.1f} s into {args.root} "
+            f"synthetic corpus: generated {config.num_clips} clips ({settings.repetitions} repetitions x "
+            f"{SYNTHETIC_SPEAKERS} speakers x {words} words) in {seconds:.1f} s into {root} "
             "(not in the pipelines' times)"
         )
-
-
-def child_command(args: argparse.Namespace, pipeline: str, workers: int, result_file: str) -> list[str]:
-    command = [
-        sys.executable,
-        __file__,
-        "--only",
-        pipeline,
-        "--workers",
-        str(workers),
-        "--corpus",
-        args.corpus,
-        "--root",
-        args.root,
-        "--steps",
-        str(args.steps),
-        "--batch",
-        str(args.batch),
-        "--device",
-        args.device,
-        "--precision",
-        args.precision,
-        "--bucket-batches",
-        str(args.bucket_batches),
-        "--lr",
-        str(args.lr),
-        "--seed",
-        str(args.seed),
-        "--threads",
-        str(args.threads),
-        "--result-file",
-        result_file,
-        "--fit-args",
-        args.fit_args,
-    ]
-    if args.corpus == "synthetic":
-        command += ["--clips", str(args.clips), "--repetitions", str(args.repetitions)]
-    return command
+    return replace(settings, root=root), None
 
 
 def print_table(rows: list[tuple[str, dict, dict]]) -> None:
@@ -552,102 +633,43 @@ def fit_line(fitted: dict, bare: dict, bare_result: dict, n_test: int, naive: li
     return line
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", choices=("fsdd", "synthetic"), default="fsdd")
-    parser.add_argument(
-        "--root",
-        help=f"FSDD recordings (default {FSDD_ROOT}) or synthetic corpus folder (default data/bench_synthetic_<clips>)",
-    )
-    parser.add_argument(
-        "--clips",
-        type=int,
-        default=3000,
-        help="synthetic corpus size (about; rounded to words x 30 speakers x repetitions)",
-    )
-    parser.add_argument("--limit", type=int, help="FSDD only: use a seeded subset of this many recordings")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        help="optimizer steps per pipeline (default: 3 epochs for FSDD, min(2 epochs, 24) for synthetic)",
-    )
-    parser.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=5,
-        help="steps left out of the warm rate when the run is shorter than an epoch + 5 steps",
-    )
-    parser.add_argument("--batch", type=int, default=64, help="batch size of every pipeline")
-    parser.add_argument("--device", default="cpu", help="where every pipeline trains: cpu, cuda, cuda:1, ...")
-    parser.add_argument(
-        "--precision", choices=sorted(AUTOCAST), default="32", help="autocast dtype (bf16 or 16 on a GPU; 32 on a CPU)"
-    )
-    parser.add_argument(
-        "--bucket-batches",
-        type=int,
-        default=0,
-        help="(b)/(c): batches per length-sorting window (default: the DataModule's)",
-    )
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch intra-op threads (default 0: torch's default, one per core)"
-    )
-    parser.add_argument("--naive-workers", default="0,2", help="DataLoader num_workers values tried for (a)")
-    parser.add_argument(
-        "--pipelines",
-        default="abcf",
-        help="pipelines to run (subset of abcfrg; f: the real fit; r: (b) without bucketing; g: (b) with nn.GRU)",
-    )
-    parser.add_argument("--fit-args", default="", help="(f): extra speechrnn.fit options, e.g. '--model.fused off'")
-    parser.add_argument("--only", choices=tuple(PIPELINES), help=argparse.SUPPRESS)
-    parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--repetitions", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--result-file", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    if args.only:  # child: one pipeline, result as JSON
-        result = run_pipeline(args)
-        Path(args.result_file).write_text(json.dumps(result))
-        return
-
+def main(settings: Settings) -> None:
+    """Prepare the corpus, run each selected pipeline in a process of its own, print the table."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    specs = selected(settings.pipelines)
     print("\n".join(machine_lines()))
-    prepare_corpus(args)
-    items = fsdd_items(Path(args.root)) if args.corpus == "fsdd" else synthetic_items(Path(args.root))
+    settings, subset = prepare_corpus(settings)
+    items = corpus_items(settings)
     n_train = sum(1 for item in items if item[2] == "train")
-    epoch_steps = math.ceil(n_train / args.batch)
-    if args.steps is None:
+    epoch_steps = math.ceil(n_train / settings.batch)
+    if settings.steps is None:
         # FSDD: 3 epochs, where every pipeline has settled (after 2, the cache pipelines are still behind).
-        args.steps = 3 * epoch_steps if args.corpus == "fsdd" else min(2 * epoch_steps, 24)
+        steps = 3 * epoch_steps if settings.corpus == "fsdd" else min(2 * epoch_steps, 24)
+        settings = replace(settings, steps=steps)
     n_test = sum(1 for item in items if item[2] == "test")
-    print(f"corpus: {args.corpus}, {len(items)} clips ({n_train} train, {n_test} test) in {args.root}")
+    print(f"corpus: {settings.corpus}, {len(items)} clips ({n_train} train, {n_test} test) in {settings.root}")
     print(
-        f"model: BiGRU {LAYERS} x {HIDDEN} on 40 MFCCs, mean pooling; batch {args.batch}, AdamW lr {args.lr}, "
-        f"device {args.device}, precision {args.precision}, "
-        f"seed {args.seed}; {args.steps} steps per pipeline ({args.steps / epoch_steps:.2f} epochs of "
+        f"model: BiGRU {LAYERS} x {HIDDEN} on 40 MFCCs, mean pooling; batch {settings.batch}, AdamW lr {settings.lr}, "
+        f"device {settings.device}, precision {settings.precision}, "
+        f"seed {settings.seed}; {settings.steps} steps per pipeline ({settings.steps / epoch_steps:.2f} epochs of "
         f"{epoch_steps} steps); (b)/(c): plain PyTorch loop over dm.train_dataloader(), no Lightning Trainer"
     )
 
-    runs = [("a", int(w)) for w in args.naive_workers.split(",") if "a" in args.pipelines]
-    runs += [(p, 0) for p in "bcfrg" if p in args.pipelines]
+    runs = [(spec, workers) for spec in specs for workers in (settings.naive_workers if spec.build == "naive" else [0])]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-results-") as results:
-        for pipeline, workers in runs:
-            name = PIPELINES[pipeline] + (f", num_workers={workers}" if pipeline == "a" else "")
-            print(f"running {name} ...", flush=True)
-            result_file = os.path.join(results, f"{pipeline}{workers}.json")
-            tick = time.perf_counter()
-            subprocess.run(child_command(args, pipeline, workers, result_file), check=True)
-            result = json.loads(Path(result_file).read_text())
-            summary = summarise(result, args.warmup_steps)
-            rows.append((name, result, summary))
-            print(
-                f"  done in {time.perf_counter() - tick:.1f} s: {summary['warm_median']:.1f} samples/s warm, "
-                f"test accuracy {result['test_accuracy']:.3f}; {load_line('now')}",
-                flush=True,
-            )
+    for spec, workers in runs:
+        name = spec.title + (f", num_workers={workers}" if spec.build == "naive" else "")
+        print(f"running {name} ...", flush=True)
+        tick = time.perf_counter()
+        result = run_in_child(run_pipeline, Request(spec.name, workers, settings))
+        summary = summarise(result, settings.warmup_steps)
+        rows.append((name, result, summary))
+        print(
+            f"  done in {time.perf_counter() - tick:.1f} s: {summary['warm_median']:.1f} samples/s warm, "
+            f"test accuracy {result['test_accuracy']:.3f}; {load_line('now')}",
+            flush=True,
+        )
     print_table(rows)
     by_key = {name[:3]: summary for name, _, summary in rows}
     naive = [summary for name, _, summary in rows if name.startswith("(a)")]
@@ -661,12 +683,11 @@ def main() -> None:
     fitted = next((result for name, result, _ in rows if name.startswith("(f)")), None)
     if fitted is not None and "(b)" in by_key:
         bare_result = next(result for name, result, _ in rows if name.startswith("(b)"))
-        naive_runs = [summary for name, _, summary in rows if name.startswith("(a)")]
-        print(fit_line(fitted, by_key["(b)"], bare_result, n_test, naive_runs))
+        print(fit_line(fitted, by_key["(b)"], bare_result, n_test, naive))
     print(load_line("at end"))
-    if getattr(args, "subset_dir", None):
-        shutil.rmtree(args.subset_dir, ignore_errors=True)
+    if subset is not None:
+        shutil.rmtree(subset, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(command_line(Settings, __doc__))

@@ -24,7 +24,6 @@ Each extraction figure is the median over ``--repeats`` passes; epoch times are 
 
 from __future__ import annotations
 
-import argparse
 import random
 import shutil
 import statistics
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from common import LibrosaMFCCDataset, PackedBiGRU, load_line, machine_lines, pad_collate
+from common import LibrosaMFCCDataset, PackedBiGRU, command_line, load_line, machine_lines, pad_collate
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
@@ -97,28 +96,30 @@ def train_epochs(
     return epoch_times, wait_shares, clips
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=FSDD_ROOT, help="FSDD recordings folder")
-    parser.add_argument("--limit", type=int, help="use a seeded subset of this many recordings (default: all)")
-    parser.add_argument("--repeats", type=int, default=3, help="passes per extraction method (median reported)")
-    parser.add_argument("--epochs", type=int, default=1, help="training epochs per pipeline (median reported)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch intra-op threads (default 0: torch's default, one per core)"
-    )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def main(
+    root: Path = FSDD_ROOT, limit: int | None = None, repeats: int = 3, epochs: int = 1, seed: int = 0, threads: int = 0
+) -> None:
+    """Time every extraction method and both training epochs; print the tables.
+
+    Args:
+        root: FSDD recordings folder.
+        limit: Use a seeded subset of this many recordings (default: all).
+        repeats: Passes per extraction method (median reported).
+        epochs: Training epochs per pipeline (median reported).
+        seed: Seed of the subset, the models and the batches.
+        threads: Torch intra-op threads (default 0: torch's default, one per core).
+    """
+    if threads:
+        torch.set_num_threads(threads)
 
     print("\n".join(machine_lines()))
-    files, root, subset_dir = select_files(args.root, args.limit, args.seed)
+    files, folder, subset_dir = select_files(root, limit, seed)
     paths = [str(p) for p in files]
     settings = FeatureSettings().resolve(8000)
     print(
-        f"data: {len(paths)} FSDD recordings from {args.root}; features: {settings.n_mfcc} MFCC, {settings.n_mels} "
+        f"data: {len(paths)} FSDD recordings from {root}; features: {settings.n_mfcc} MFCC, {settings.n_mels} "
         f"mels, {settings.win_ms:g} ms / {settings.hop_ms:g} ms at {settings.rate} Hz (n_fft {settings.n_fft}); "
-        f"{args.repeats} pass(es) per method"
+        f"{repeats} pass(es) per method"
     )
     rows: list[tuple[str, float, str]] = []
 
@@ -129,7 +130,7 @@ def main() -> None:
         return len(paths)
 
     read_all()
-    rate, _ = timed_passes(read_all, args.repeats)
+    rate, _ = timed_passes(read_all, repeats)
     rows.append(("soundfile read only", rate, ""))
 
     # (a) librosa per item; the first call pays the import (unless a dependency imported it) and numba compilation
@@ -150,7 +151,7 @@ def main() -> None:
             librosa_mfcc(sf.read(path, dtype="float32")[0], settings)
         return len(paths)
 
-    librosa_rate, _ = timed_passes(librosa_per_item, args.repeats)
+    librosa_rate, _ = timed_passes(librosa_per_item, repeats)
     rows.append(("(a) librosa MFCC per item (read + features)", librosa_rate, ""))
 
     # (b) torchaudio per item
@@ -164,7 +165,7 @@ def main() -> None:
         return len(paths)
 
     torchaudio_per_item()  # warm-up
-    rate, _ = timed_passes(torchaudio_per_item, args.repeats)
+    rate, _ = timed_passes(torchaudio_per_item, repeats)
     rows.append(("(b) torchaudio MFCCFrontend per item (read + features)", rate, ""))
 
     # (c) torchaudio on padded batches of 64 with lengths
@@ -182,13 +183,13 @@ def main() -> None:
         return len(paths)
 
     torchaudio_batched(check=True)  # warm-up
-    rate, _ = timed_passes(torchaudio_batched, args.repeats)
+    rate, _ = timed_passes(torchaudio_batched, repeats)
     rows.append((f"(c) torchaudio MFCCFrontend batched x{BATCH} (read + pad + features)", rate, ""))
 
     # (d) the memory-mapped feature cache
     cache_dir = tempfile.mkdtemp(prefix="bench-cache-")
     try:
-        dm = FSDDDataModule(root=root, val_fraction=0.0, cache_dir=cache_dir, batch_size=BATCH, seed=args.seed)
+        dm = FSDDDataModule(root=folder, val_fraction=0.0, cache_dir=cache_dir, batch_size=BATCH, seed=seed)
         start = time.perf_counter()
         dm.prepare_data()
         dm.setup("fit")
@@ -215,13 +216,13 @@ def main() -> None:
             ("(d) cache: np.array(store[i]) for every clip (frames read)", store_copies),
             ("(d) cache: full pass of the train DataLoader (bucketing + collate)", loader_pass),
         ):
-            rate, _ = timed_passes(function, args.repeats)
+            rate, _ = timed_passes(function, repeats)
             rows.append((name, rate, ""))
         n_features = sum(len(store[i]) for i in range(len(store)))
         print(f"cache: {len(store)} clips, {n_features} frames, built in {build_s:.2f} s (OS file cache warm)")
 
         # training: one epoch from the cache vs the naive per-item librosa pipeline
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         cached_model = SequenceClassifierNet(settings.feature_dim, 10, "gru", 128, 2, True, pooling="mean")
         cache_loader = dm.train_dataloader()
 
@@ -229,7 +230,7 @@ def main() -> None:
             cache_loader.batch_sampler.set_epoch(epoch)
             return ((f, n, y) for f, n, y, _ in cache_loader)
 
-        cache_times, cache_wait, train_clips = train_epochs(cached_model, cache_batches, args.epochs)
+        cache_times, cache_wait, train_clips = train_epochs(cached_model, cache_batches, epochs)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
@@ -238,7 +239,7 @@ def main() -> None:
         for p in files
         if (m := FILE_PATTERN.match(p.name)) is not None and int(m["index"]) >= 5
     ]
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     naive_model = PackedBiGRU(settings.feature_dim, 10)
     naive_loader = DataLoader(
         LibrosaMFCCDataset(train_items, settings),
@@ -246,9 +247,9 @@ def main() -> None:
         shuffle=True,
         collate_fn=pad_collate,
         num_workers=0,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=torch.Generator().manual_seed(seed),
     )
-    naive_times, naive_wait, _ = train_epochs(naive_model, lambda epoch: naive_loader, args.epochs)
+    naive_times, naive_wait, _ = train_epochs(naive_model, lambda epoch: naive_loader, epochs)
     if subset_dir is not None:
         shutil.rmtree(subset_dir, ignore_errors=True)
 
@@ -261,7 +262,7 @@ def main() -> None:
     cache_epoch, naive_epoch = statistics.median(cache_times), statistics.median(naive_times)
     print(
         f"training: BiGRU 2 x 128, batch {BATCH}, AdamW lr 3e-3, {train_clips} clips of the official train split "
-        f"per epoch, median of {args.epochs} epoch(s); cache built above ({build_s:.1f} s, not in the epoch)"
+        f"per epoch, median of {epochs} epoch(s); cache built above ({build_s:.1f} s, not in the epoch)"
     )
     print("| training epoch | epoch s | clips/s | waiting for batches % | x naive |")
     print("|---|---:|---:|---:|---:|")
@@ -282,4 +283,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main, __doc__)

@@ -221,18 +221,18 @@ if [ "$MODE" = gpu ]; then
     COMPARE_ARGS=(--corpus synthetic --clips 3000 --steps 72 --device cuda --precision bf16)
     read -r -a THROUGHPUT_BATCHES <<<"${GPU_CHECK_BATCHES:-256 1024 4096}"
     THROUGHPUT_ARGS=(--device cuda --precision bf16-mixed)
-    PACKED_ARGS=(--batch 1024 --min-frames 25 --packed)
+    PACKED_ARGS=(--batch 1024 --min_frames 25 --packed true)
     CAP_PYTEST_GPU=120 CAP_FIT=120 CAP_COMPARE=150 CAP_THROUGHPUT=50
 else
     # a tiny corpus (below), one epoch: --trainer.max_epochs 1 rather than --trainer.fast_dev_run,
     # which writes no lightning_logs/version_N and so would not exercise the figures' extraction
     FIT_ARGS=(--data AudioFolderDataModule --data.manifest "$WORK/corpus/manifest.csv" --data.cache_dir "$WORK/cache"
         --model.hidden_size 8 --data.batch_size 8 --trainer.max_epochs 1 --trainer.accelerator cpu)
-    COMPARE_ARGS=(--corpus synthetic --root "$WORK/bench_synthetic" --clips 1 --steps 2 --warmup-steps 1 --batch 16
-        --naive-workers 0 --device cpu --precision 32)
+    COMPARE_ARGS=(--corpus synthetic --root "$WORK/bench_synthetic" --clips 1 --steps 2 --warmup_steps 1 --batch 16
+        --naive_workers "[0]" --device cpu --precision 32)
     THROUGHPUT_BATCHES=(4)
     THROUGHPUT_ARGS=(--device cpu --precision 32-true --frames 8 --hidden 16 --steps 1 --warmup 1 --repeats 1)
-    PACKED_ARGS=(--batch 4 --min-frames 3 --packed)
+    PACKED_ARGS=(--batch 4 --min_frames 3 --packed true)
     CAP_PYTEST_GPU=60 CAP_FIT=90 CAP_COMPARE=120 CAP_THROUGHPUT=60
 fi
 
@@ -288,12 +288,13 @@ EOF
 
 # --- 3. training throughput at several batch sizes, then packed against padded -------------------------
 # train_throughput.py does not report GPU memory, so it runs inside a small wrapper that prints
-# torch.cuda.max_memory_allocated.
+# torch.cuda.max_memory_allocated; the script's folder goes first on the path, as when Python runs it.
 PEAK_WRAPPER='
-import runpy, sys
+import os, runpy, sys
 import torch
 script = sys.argv[1]
 sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
 try:
     runpy.run_path(script, run_name="__main__")
 finally:

@@ -3,11 +3,11 @@
 For each size of the synthetic corpus (generated once, not timed, into ``data/bench_synthetic_<clips>``):
 
 1. memmap build: ``SyntheticCommandsDataModule.prepare_data()`` into a fresh cache folder (every
-   clip read and featurised, ``--cache-workers`` processes);
+   clip read and featurised, ``--cache_workers`` processes);
 2. LitData build: ``speechrnn.data.storage.shards.write_shards`` from that cache (what
    ``pipelines/build_cache.py --format litdata`` does after the features exist);
-3. reading, each store in its own process: the training loader alone for ``--read-batches``
-   batches after ``--warmup`` (samples/s), then ``--train-steps`` optimizer steps of the BiGRU of
+3. reading, each store in its own process: the training loader alone for ``--read_batches``
+   batches after ``--warmup`` (samples/s), then ``--train_steps`` optimizer steps of the BiGRU of
    ``compare_pipelines.py`` (2 x 128, mean pooling, batch 64) after 5 warm-up steps (samples/s),
    and the process's peak resident memory.
 
@@ -17,26 +17,64 @@ memory-mapped, the shards stream. At the end of reading, the resident memory is 
 kernel can drop at any time).
 
     python benchmarks/scale_stores.py                          # 3k, 30k, 100k clips
-    python benchmarks/scale_stores.py --clips 3000 --train-steps 10
+    python benchmarks/scale_stores.py --clips '[3000]' --train_steps 10
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from common import folder_mib, load_line, machine_lines
+from common import command_line, folder_mib, load_line, machine_lines, run_in_child
 
 REPO = Path(__file__).resolve().parents[1]
 SPEAKERS = 30
+
+
+@dataclass
+class Settings:
+    """The corpus sizes, and how much of each store is timed.
+
+    Attributes:
+        clips: Corpus sizes: clips of the synthetic corpus (about), one measurement each.
+        cache_workers: Processes building the memmap cache.
+        warmup: Batches read before the reading rate is taken.
+        read_batches: Batches timed when reading alone.
+        train_steps: Optimizer steps timed per store.
+    """
+
+    clips: list[int] = field(default_factory=lambda: [3000, 30000, 100000])
+    cache_workers: int = 2
+    warmup: int = 20
+    read_batches: int = 200
+    train_steps: int = 30
+
+
+@dataclass
+class Stores:
+    """One corpus size's folders: the synthetic corpus (and its repetitions), the memmap cache and
+    the LitData shards."""
+
+    root: str
+    repetitions: int
+    cache_dir: str
+    shards: str
+
+
+@dataclass
+class Request:
+    """What one child process measures: building both stores (``build``), or reading ``store``
+    (``read``)."""
+
+    settings: Settings
+    stores: Stores
+    store: Literal["memmap", "litdata"] = "memmap"
 
 
 def corpus(clips: int) -> tuple[Path, int]:
@@ -58,47 +96,57 @@ def corpus(clips: int) -> tuple[Path, int]:
     return root, repetitions
 
 
-def synthetic(root: str, repetitions: int, cache_dir: str, workers: int = 0):
+def synthetic(stores: Stores, workers: int = 0):
+    """The DataModule of the corpus, its memmap cache in ``stores.cache_dir``."""
     from speechrnn.data import SyntheticCommandsDataModule
 
     return SyntheticCommandsDataModule(
-        root=root, repetitions=repetitions, cache_dir=cache_dir, cache_workers=workers, batch_size=64, seed=0
+        root=stores.root,
+        repetitions=stores.repetitions,
+        cache_dir=stores.cache_dir,
+        cache_workers=workers,
+        batch_size=64,
+        seed=0,
     )
 
 
-# --- children: one measurement each, in a fresh process --------------------------------------------
-def build(args: argparse.Namespace) -> dict:
+# --- children: one measurement each, in a fresh process (common.run_in_child) ---------------------
+def build(request: Request) -> dict:
+    """Build the memmap cache from the audio, then the LitData shards from the cache, each timed."""
     from speechrnn.data.storage.shards import write_shards
 
+    stores = request.stores
     tick = time.perf_counter()
-    dm = synthetic(args.root, args.repetitions, args.cache_dir, args.cache_workers)
+    dm = synthetic(stores, request.settings.cache_workers)
     dm.prepare_data()
     memmap_s = time.perf_counter() - tick
     tick = time.perf_counter()
-    write_shards(synthetic(args.root, args.repetitions, args.cache_dir), args.shards)
+    write_shards(synthetic(stores), stores.shards)
     shards_s = time.perf_counter() - tick
-    cache = next(p for p in Path(args.cache_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+    cache = next(p for p in Path(stores.cache_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
     return {
         "clips": int(len(dm.records)),
         "memmap_build_s": memmap_s,
         "litdata_build_s": shards_s,
         "memmap_mib": folder_mib(cache),
-        "litdata_mib": folder_mib(Path(args.shards)),
+        "litdata_mib": folder_mib(Path(stores.shards)),
     }
 
 
-def read(args: argparse.Namespace) -> dict:
+def read(request: Request) -> dict:
+    """Read ``request.store`` alone, then train on it; the rates and the process's memory."""
     import torch
     from torch import nn
 
     from speechrnn.models import SequenceClassifierNet
 
-    if args.store == "memmap":
-        dm = synthetic(args.root, args.repetitions, args.cache_dir)
+    settings = request.settings
+    if request.store == "memmap":
+        dm = synthetic(request.stores)
     else:
         from speechrnn.data.corpora.from_shards import ShardedDataModule
 
-        dm = ShardedDataModule(path=args.shards, batch_size=64, seed=0)
+        dm = ShardedDataModule(path=request.stores.shards, batch_size=64, seed=0)
     dm.setup("fit")
     loader = dm.train_dataloader()
 
@@ -114,15 +162,15 @@ def read(args: argparse.Namespace) -> dict:
 
     stream = batches()
     rates = []
-    for step in range(args.warmup + args.read_batches):
+    for step in range(settings.warmup + settings.read_batches):
         tick = time.perf_counter()
         batch = next(stream)
-        if step >= args.warmup:
+        if step >= settings.warmup:
             rates.append(len(batch[1]) / (time.perf_counter() - tick))
     model = SequenceClassifierNet(dm.feature_dim, dm.num_classes, "gru", 128, 2, True, pooling="mean")
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     train_rates = []
-    for step in range(5 + args.train_steps):
+    for step in range(5 + settings.train_steps):
         tick = time.perf_counter()
         features, lengths, labels, *_ = next(stream)
         optimizer.zero_grad(set_to_none=True)
@@ -141,50 +189,19 @@ def read(args: argparse.Namespace) -> dict:
 
 
 # --- the parent --------------------------------------------------------------------------------------
-def child(args: argparse.Namespace, role: str, **extra: str) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, __file__, "--role", role, "--result", out.name, "--root", args.root,
-                   "--repetitions", str(args.repetitions), "--cache-dir", args.cache_dir, "--shards", args.shards,
-                   "--cache-workers", str(args.cache_workers), "--warmup", str(args.warmup),
-                   "--read-batches", str(args.read_batches), "--train-steps", str(args.train_steps)]  # fmt: skip
-        for key, value in extra.items():
-            command += [f"--{key}", value]
-        subprocess.run(command, check=True)
-        return json.loads(Path(out.name).read_text())
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", default="3000,30000,100000", help="corpus sizes, comma-separated")
-    parser.add_argument("--cache-workers", type=int, default=2, help="processes building the memmap cache")
-    parser.add_argument("--warmup", type=int, default=20, help="batches read before the reading rate is taken")
-    parser.add_argument("--read-batches", type=int, default=200, help="batches timed when reading alone")
-    parser.add_argument("--train-steps", type=int, default=30, help="optimizer steps timed per store")
-    parser.add_argument("--role", choices=("build", "read"), help=argparse.SUPPRESS)
-    parser.add_argument("--store", choices=("memmap", "litdata"), help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    parser.add_argument("--root", help=argparse.SUPPRESS)
-    parser.add_argument("--repetitions", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--shards", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.role:
-        result = build(args) if args.role == "build" else read(args)
-        Path(args.result).write_text(json.dumps(result))
-        return
-
+def main(settings: Settings) -> None:
+    """Per corpus size: build both stores, read each in a process of its own, then print the table."""
     print("\n".join(machine_lines()))
     rows = []
-    for clips in (int(c) for c in args.clips.split(",")):
-        root, args.repetitions = corpus(clips)
-        args.root = str(root)
+    for clips in settings.clips:
+        root, repetitions = corpus(clips)
         work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{clips}-", dir=REPO / "data"))
-        args.cache_dir, args.shards = str(work / "cache"), str(work / "shards")
+        stores = Stores(str(root), repetitions, str(work / "cache"), str(work / "shards"))
         try:
-            built = child(args, "build")
+            built = run_in_child(build, Request(settings, stores))
             print(f"{clips}: built {built}; {load_line('now')}", flush=True)
             for store in ("memmap", "litdata"):
-                measured = child(args, "read", store=store)
+                measured = run_in_child(read, Request(settings, stores, store))
                 rows.append((built["clips"], store, built, measured))
                 print(f"{clips} {store}: {measured}; {load_line('now')}", flush=True)
         finally:
@@ -225,4 +242,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(command_line(Settings, __doc__))

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from jsonargparse import CLI
+from common import command_line
 
 from speechrnn.data.corpora.sequences import save_npz
 
@@ -53,6 +53,7 @@ def write_set(path: Path, seed: int = 0) -> Path:
 
 
 def last_epoch_accuracy(run: Path) -> float:
+    """Test accuracy of the run's last epoch (``last.ckpt``), whichever checkpoint the run kept."""
     from speechrnn.evaluate import main as evaluate
 
     metrics = evaluate(
@@ -62,7 +63,12 @@ def last_epoch_accuracy(run: Path) -> float:
 
 
 def main(workdir: Path = Path("lightning_logs/benchmarks/sequence_budget"), seed: int = 0) -> list[dict]:
-    """Write the set, fit with the defaults and with 100 epochs, print the table."""
+    """Write the set, fit with the defaults and with 100 epochs, print the table; returns its rows.
+
+    Args:
+        workdir: Where the set and both runs go.
+        seed: Seed of the set.
+    """
     from speechrnn.fit import main as fit
     from speechrnn.stages import latest_run
 
@@ -86,4 +92,4 @@ def main(workdir: Path = Path("lightning_logs/benchmarks/sequence_budget"), seed
 
 
 if __name__ == "__main__":
-    CLI(main, as_positional=False)
+    command_line(main, __doc__)

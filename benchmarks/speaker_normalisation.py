@@ -12,18 +12,17 @@ held-out speaker is the test split, a seeded 10 % of the others' recordings vali
 same BiGRU 2 x 128 fit on each (``SequenceDataModule``, 30 epochs, last epoch, dropout 0.2, label
 smoothing 0.1, no augmentation), one process after the other.
 
-    SPEECHRNN_DATA=../shared/data python benchmarks/speaker_normalisation.py [--speakers jackson,nicolas]
+    SPEECHRNN_DATA=../shared/data python benchmarks/speaker_normalisation.py [--speakers '[jackson, nicolas]']
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import load_line, machine_lines
+from common import command_line, load_line, machine_lines
 
 from speechrnn.data import FSDDDataModule
 from speechrnn.data.corpora.sequences import save_npz
@@ -65,6 +64,7 @@ def write_both(held_out: str, folder: Path, cache_dir: Path) -> dict[str, Path]:
 
 
 def fit_accuracy(npz: Path, root: Path, epochs: int) -> float:
+    """Test accuracy of the BiGRU fitted ``epochs`` epochs on ``npz`` (runs under ``root``)."""
     from speechrnn.fit import main as fit
 
     metrics = fit([
@@ -78,19 +78,21 @@ def fit_accuracy(npz: Path, root: Path, epochs: int) -> float:
     return metrics["test/acc"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--speakers", default=",".join(SPEAKERS), help="held-out speakers, comma-separated")
-    parser.add_argument("--epochs", type=int, default=30)
-    args = parser.parse_args()
+def main(speakers: tuple[str, ...] = SPEAKERS, epochs: int = 30) -> None:
+    """Fit both normalisations for every held-out speaker, one after the other; print the table.
+
+    Args:
+        speakers: Held-out speakers, one fold each.
+        epochs: Epochs of every fit.
+    """
     print("\n".join(machine_lines()))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-speaker-cmvn-") as work:
         work = Path(work)
-        for held_out in args.speakers.split(","):
+        for held_out in speakers:
             files = write_both(held_out, work, work / "cache")
             accuracy = {
-                name: fit_accuracy(path, work / f"runs_{held_out}_{name}", args.epochs) for name, path in files.items()
+                name: fit_accuracy(path, work / f"runs_{held_out}_{name}", epochs) for name, path in files.items()
             }
             rows.append((held_out, accuracy["utterance"], accuracy["speaker"]))
             print(f"{held_out}: per utterance {accuracy['utterance']:.3f}, per speaker {accuracy['speaker']:.3f}; "
@@ -106,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main, __doc__)

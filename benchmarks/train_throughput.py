@@ -6,19 +6,21 @@ both loops (medians over repeats) and their ratio, then the achieved GFLOP/s of 
 layers (forward + backward) against the measured peak of a float32 matrix multiply.
 
     python benchmarks/train_throughput.py [--cell gru] [--steps 30] [--repeats 3] [--batch 64]
-    python benchmarks/train_throughput.py --compile     # also torch.compile (slow: minutes to compile)
+    python benchmarks/train_throughput.py --compile true     # also torch.compile (slow: minutes to compile)
     python benchmarks/train_throughput.py --device cuda --precision bf16-mixed --batch 256
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from common import command_line
 from torch.utils.data import DataLoader, Dataset
 
 from speechrnn.models import RNNClassifier, SequenceClassifierNet
@@ -70,6 +72,54 @@ def recurrent_flops_per_frame(cell: str, input_size: int, hidden: int, layers: i
 AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
+@dataclass
+class Settings:
+    """The model, its batches, and how much is timed.
+
+    Attributes:
+        cell: Recurrent cell of both loops.
+        hidden: Units per layer and direction.
+        layers: Recurrent layers.
+        features: Features per frame.
+        frames: Frames per clip (the longest, with min_frames).
+        batch: Clips per batch.
+        classes: Classes of the head.
+        steps: Optimizer steps timed per repeat.
+        warmup: Steps run before the timed ones.
+        repeats: Repeats of every measurement (medians reported).
+        compile: Also time torch.compile of the bare loop (slow: minutes to compile).
+        device: cpu (default) or cuda.
+        precision: Precision of both loops.
+        min_frames: Clip lengths uniform in [min_frames, frames] (default: all frames long).
+        packed: Both loops use the packed path; the bare loop is also timed padded.
+    """
+
+    cell: Literal["gru", "lstm", "rnn"] = "gru"
+    hidden: int = 128
+    layers: int = 2
+    features: int = 40
+    frames: int = 101
+    batch: int = 64
+    classes: int = 12
+    steps: int = 30
+    warmup: int = 5
+    repeats: int = 3
+    compile: bool = False
+    device: str = "cpu"
+    precision: Literal["16-mixed", "32-true", "bf16-mixed"] = "32-true"
+    min_frames: int | None = None
+    packed: bool = False
+
+    @property
+    def torch_device(self) -> torch.device:
+        """``device`` as a ``torch.device``."""
+        return torch.device(self.device)
+
+    def network(self) -> SequenceClassifierNet:
+        """A new bidirectional network of these sizes (the bare loop's)."""
+        return SequenceClassifierNet(self.features, self.classes, self.cell, self.hidden, self.layers, True)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -117,14 +167,15 @@ class StepTimer(pl.Callback):
             self.end = time.perf_counter()
 
 
-def lightning_loop(args: argparse.Namespace, batches: list, steps: int, warmup: int) -> float:
-    model = RNNClassifier(args.features, args.classes, cell=args.cell, hidden_size=args.hidden, num_layers=args.layers,
-                          bidirectional=True, dropout=0.0, scheduler="none", lr=1e-3, packed=args.packed)  # fmt: skip
+def lightning_loop(bench: Settings, batches: list, steps: int, warmup: int) -> float:
+    model = RNNClassifier(bench.features, bench.classes, cell=bench.cell, hidden_size=bench.hidden,
+                          num_layers=bench.layers, bidirectional=True, dropout=0.0, scheduler="none", lr=1e-3,
+                          packed=bench.packed)  # fmt: skip
     timer = StepTimer(warmup, steps)
     trainer = pl.Trainer(
         max_steps=steps + warmup, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer], accelerator=args.device.type, devices=1,
-        precision=args.precision, limit_val_batches=0, num_sanity_val_steps=0,
+        enable_model_summary=False, callbacks=[timer], accelerator=bench.torch_device.type, devices=1,
+        precision=bench.precision, limit_val_batches=0, num_sanity_val_steps=0,
     )  # fmt: skip
     loader = DataLoader(FixedBatches(batches), batch_size=None, shuffle=False)
     trainer.fit(model, train_dataloaders=loader)
@@ -161,95 +212,77 @@ def step_matmul_peak(batch: int, hidden: int, gates: int, repeats: int = 200, de
     return 2 * 2 * batch * hidden * gates * hidden * repeats / (time.perf_counter() - start) / 1e9
 
 
-def recurrent_gflops(args: argparse.Namespace, batches: list, steps: int, fused: bool = True) -> float:
+def recurrent_gflops(bench: Settings, batches: list, steps: int, fused: bool = True) -> float:
     """Achieved GFLOP/s of the encoder alone, forward and backward (``fused``: speechrnn's fused CPU
     recurrence for RNNs and GRUs on a CPU, the whole-stack kernel for full-length batches on a GPU;
     else one PyTorch module per layer and direction)."""
-    net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
-    encoder = net.encoder.to(args.device).train()
+    net = bench.network()
+    encoder = net.encoder.to(bench.torch_device).train()
     encoder.fused = "auto" if fused else "off"
     features, lengths, _ = batches[0]
-    features = features.to(args.device)
+    features = features.to(bench.torch_device)
     for _ in range(3):
         encoder(features, lengths)[0].sum().backward()
-    synchronize(args.device)
+    synchronize(bench.torch_device)
     start = time.perf_counter()
     for _ in range(steps):
         encoder(features, lengths)[0].sum().backward()
-    synchronize(args.device)
+    synchronize(bench.torch_device)
     elapsed = time.perf_counter() - start
     frames = steps * features.shape[0] * features.shape[1]
-    return recurrent_flops_per_frame(args.cell, args.features, args.hidden, args.layers, 2) * frames / elapsed / 1e9
+    return recurrent_flops_per_frame(bench.cell, bench.features, bench.hidden, bench.layers, 2) * frames / elapsed / 1e9
 
 
-def compiled_loop(args: argparse.Namespace, batches: list, steps: int) -> tuple[float, float, float]:
+def compiled_loop(bench: Settings, batches: list, steps: int) -> tuple[float, float, float]:
     """``torch.compile`` of the bare loop's network: (seconds to the end of the first step, which
     is mostly compilation, eager samples/s, compiled samples/s), measured side by side."""
     import torch._dynamo
 
     torch._dynamo.config.allow_rnn = True  # off by default: dynamo would otherwise skip the RNNs
-    net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
+    net = bench.network()
     compiled = torch.compile(net)
     tick = time.perf_counter()
-    bare_loop(compiled, batches, 1, args.device, args.precision)
+    bare_loop(compiled, batches, 1, bench.torch_device, bench.precision)
     compile_s = time.perf_counter() - tick
-    bare_loop(compiled, batches, args.warmup, args.device, args.precision)
-    eager = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
-    bare_loop(eager, batches, args.warmup, args.device, args.precision)
+    bare_loop(compiled, batches, bench.warmup, bench.torch_device, bench.precision)
+    eager = bench.network()
+    bare_loop(eager, batches, bench.warmup, bench.torch_device, bench.precision)
     rates_eager, rates_compiled = [], []
-    for _ in range(args.repeats):
-        rates_eager.append(bare_loop(eager, batches, steps, args.device, args.precision))
-        rates_compiled.append(bare_loop(compiled, batches, steps, args.device, args.precision))
+    for _ in range(bench.repeats):
+        rates_eager.append(bare_loop(eager, batches, steps, bench.torch_device, bench.precision))
+        rates_compiled.append(bare_loop(compiled, batches, steps, bench.torch_device, bench.precision))
     return compile_s, statistics.median(rates_eager), statistics.median(rates_compiled)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cell", default="gru", choices=sorted(GATES))
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--features", type=int, default=40)
-    parser.add_argument("--frames", type=int, default=101)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--classes", type=int, default=12)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the bare loop")
-    parser.add_argument("--device", type=torch.device, default=CPU, help="cpu (default) or cuda")
-    parser.add_argument("--precision", choices=sorted(AUTOCAST), default="32-true", help="both loops")
-    parser.add_argument(
-        "--min-frames", type=int, help="clip lengths uniform in [min-frames, frames] (default: all --frames long)"
-    )
-    parser.add_argument(
-        "--packed", action="store_true", help="both loops use the packed path; the bare loop is also timed padded"
-    )
-    args = parser.parse_args()
+def main(bench: Settings) -> None:
+    """Time both loops, then the recurrent layers against the matmul peak; print each figure."""
     torch.manual_seed(0)
-    batches = make_batches(8, args.batch, args.frames, args.features, args.classes, args.min_frames)
+    batches = make_batches(8, bench.batch, bench.frames, bench.features, bench.classes, bench.min_frames)
     machine = platform.processor() or platform.machine()
     print(f"machine: {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    lengths = f"{args.min_frames}-{args.frames}" if args.min_frames and args.min_frames < args.frames else args.frames
-    shape = f"batch {args.batch} x {lengths} frames x {args.features}"
-    path = "packed" if args.packed else "padded (exact)"
-    model = f"Bi{args.cell.upper()} {args.layers} x {args.hidden}"
-    print(f"model: {model}, {shape}; {args.device}, {args.precision}, {path}")
+    lengths = (
+        f"{bench.min_frames}-{bench.frames}" if bench.min_frames and bench.min_frames < bench.frames else bench.frames
+    )
+    shape = f"batch {bench.batch} x {lengths} frames x {bench.features}"
+    path = "packed" if bench.packed else "padded (exact)"
+    model = f"Bi{bench.cell.upper()} {bench.layers} x {bench.hidden}"
+    print(f"model: {model}, {shape}; {bench.torch_device}, {bench.precision}, {path}")
 
-    full = args.min_frames is None or args.min_frames >= args.frames
-    on_cpu = args.device.type == "cpu"
+    full = bench.min_frames is None or bench.min_frames >= bench.frames
+    on_cpu = bench.torch_device.type == "cpu"
     # the bare loop is also timed on the path the default one replaces, interleaved
-    other = "padded exact path" if args.packed else ("per layer and direction" if full and not on_cpu else None)
+    other = "padded exact path" if bench.packed else ("per layer and direction" if full and not on_cpu else None)
     bare, lightning, others = [], [], []
-    for _ in range(args.repeats):
-        net = SequenceClassifierNet(args.features, args.classes, args.cell, args.hidden, args.layers, True)
-        net.encoder.packed = args.packed
-        bare_loop(net, batches, args.warmup, args.device, args.precision)
-        bare.append(bare_loop(net, batches, args.steps, args.device, args.precision))
+    for _ in range(bench.repeats):
+        net = bench.network()
+        net.encoder.packed = bench.packed
+        bare_loop(net, batches, bench.warmup, bench.torch_device, bench.precision)
+        bare.append(bare_loop(net, batches, bench.steps, bench.torch_device, bench.precision))
         if other:
             net.encoder.packed, net.encoder.fused = False, "off"
-            bare_loop(net, batches, args.warmup, args.device, args.precision)
-            others.append(bare_loop(net, batches, args.steps, args.device, args.precision))
-        lightning.append(lightning_loop(args, batches, args.steps, args.warmup))
+            bare_loop(net, batches, bench.warmup, bench.torch_device, bench.precision)
+            others.append(bare_loop(net, batches, bench.steps, bench.torch_device, bench.precision))
+        lightning.append(lightning_loop(bench, batches, bench.steps, bench.warmup))
     bare_median, lightning_median = statistics.median(bare), statistics.median(lightning)
     print(f"bare PyTorch loop   {bare_median:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in bare)})")
     print(f"Lightning fit loop  {lightning_median:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in lightning)})")
@@ -258,34 +291,34 @@ def main() -> None:
         other_median = statistics.median(others)
         print(f"bare loop, {other} {other_median:8.1f} samples/s  "
               f"(runs: {', '.join(f'{v:.1f}' for v in others)})")  # fmt: skip
-        this = "packed" if args.packed else "whole-stack kernel"
+        this = "packed" if bench.packed else "whole-stack kernel"
         print(f"ratio {this} / {other} (bare loop): {bare_median / other_median:.3f}")
 
-    peak = matmul_peak(device=args.device)
-    step_peak = step_matmul_peak(args.batch, args.hidden, GATES[args.cell], device=args.device)
-    flops = recurrent_flops_per_frame(args.cell, args.features, args.hidden, args.layers, 2)
+    peak = matmul_peak(device=bench.torch_device)
+    step_peak = step_matmul_peak(bench.batch, bench.hidden, GATES[bench.cell], device=bench.torch_device)
+    flops = recurrent_flops_per_frame(bench.cell, bench.features, bench.hidden, bench.layers, 2)
     print(f"recurrent layers: {flops / 1e6:.2f} MFLOP per frame (forward + backward)")
     print(f"float32 matmul peak {peak:.1f} GFLOP/s (2048 x 2048); one time step's product "
-          f"({args.batch} x {args.hidden}) @ ({args.hidden} x {GATES[args.cell] * args.hidden}), both directions: "
+          f"({bench.batch} x {bench.hidden}) @ ({bench.hidden} x {GATES[bench.cell] * bench.hidden}), both directions: "
           f"{step_peak:.1f} GFLOP/s")  # fmt: skip
-    variants = [True, False] if (args.cell in ("rnn", "gru") and on_cpu) or (full and not on_cpu) else [True]
-    steps = max(5, args.steps // 3)
+    variants = [True, False] if (bench.cell in ("rnn", "gru") and on_cpu) or (full and not on_cpu) else [True]
+    steps = max(5, bench.steps // 3)
     rates: dict[bool, list[float]] = {fused: [] for fused in variants}
-    for _ in range(args.repeats):  # interleaved, so both see the same machine
+    for _ in range(bench.repeats):  # interleaved, so both see the same machine
         for fused in variants:
-            rates[fused].append(recurrent_gflops(args, batches, steps, fused))
+            rates[fused].append(recurrent_gflops(bench, batches, steps, fused))
     for fused in variants:
-        module = f"nn.{args.cell.upper()} per layer and direction"
-        fast = f"fused CPU {args.cell.upper()}" if on_cpu else "whole-stack kernel"
+        module = f"nn.{bench.cell.upper()} per layer and direction"
+        fast = f"fused CPU {bench.cell.upper()}" if on_cpu else "whole-stack kernel"
         name = module if not fused else (fast if len(variants) == 2 else "encoder")
         achieved = statistics.median(rates[fused])
         print(f"recurrent layers ({name}) achieved {achieved:.1f} GFLOP/s: {100 * achieved / peak:.0f}% of the matmul "
               f"peak, {100 * achieved / step_peak:.0f}% of the step product's rate")  # fmt: skip
-    if args.compile:
-        compile_s, eager, compiled = compiled_loop(args, batches, args.steps)
+    if bench.compile:
+        compile_s, eager, compiled = compiled_loop(bench, batches, bench.steps)
         print(f"torch.compile: first step (compilation) {compile_s:.1f} s; bare loop eager {eager:.1f} vs "
               f"compiled {compiled:.1f} samples/s (x{compiled / eager:.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    main(command_line(Settings, __doc__))

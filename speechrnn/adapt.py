@@ -35,7 +35,6 @@ unadapted model is kept: no checkpoint is written, the report is the unadapted m
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -49,17 +48,18 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from jsonargparse import SUPPRESS
 
-from speechrnn.cli import GRADIENT_CLIP_VAL, default_precision
-from speechrnn.data.base import SequenceDataModuleBase, Split
+from speechrnn.cli import option_errors, parse_with_run_data, resolve_device, trainer_defaults
+from speechrnn.data.base import SequenceDataModuleBase
 from speechrnn.data.corpora.unlabelled import RecordingsDataModule, voices_of_arguments
-from speechrnn.errors import ConfigError, checked_options, run_entry_point
+from speechrnn.data.splits import Split
+from speechrnn.errors import ConfigError, run_entry_point
 from speechrnn.evaluate import build_parser as evaluation_parser
-from speechrnn.evaluate import parse_with_run_data, resolve_device
-from speechrnn.inference import split_probabilities
 from speechrnn.io import atomic_write_json, atomic_write_text
 from speechrnn.models.classifier import RNNClassifier, output_activation
 from speechrnn.reports import write_report
+from speechrnn.split_predictions import split_probabilities
 
 MIN_CLIPS = 10
 """Fewest clips of a voice that self-training adapts to (``--adapt.min_clips``)."""
@@ -119,7 +119,7 @@ def subset_probabilities(
     model: RNNClassifier, datamodule: SequenceDataModuleBase, indices: np.ndarray, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stored ``indices`` (in loader order) and their class probabilities, batched and featurised as
-    :func:`speechrnn.inference.split_probabilities` does for a whole split."""
+    :func:`speechrnn.split_predictions.split_probabilities` does for a whole split."""
     datamodule.setup("test")
     assert datamodule.store is not None
     model = model.to(device).eval()
@@ -184,17 +184,11 @@ def self_train(
                 }
             )
             trainer = pl.Trainer(
+                **trainer_defaults(device),
+                **FINE_TUNING,
                 accelerator="gpu" if on_gpu else "cpu",
-                devices=1,
-                precision=default_precision() if on_gpu else "32-true",
                 max_epochs=settings.epochs,
-                gradient_clip_val=GRADIENT_CLIP_VAL,
-                limit_val_batches=0,
-                num_sanity_val_steps=0,
-                logger=False,
-                enable_checkpointing=False,
                 enable_progress_bar=progress,
-                enable_model_summary=False,
             )
             model.train()  # Lightning keeps the mode it finds; the predictions above left eval
             trainer.fit(model, datamodule=datamodule)
@@ -203,6 +197,17 @@ def self_train(
     model.eval()
     assert trainer is not None
     return history, trainer
+
+
+FINE_TUNING: dict[str, Any] = {
+    "devices": 1,
+    "limit_val_batches": 0,
+    "num_sanity_val_steps": 0,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+}
+"""What an adaptation round's Trainer does besides fit's defaults: train only, on one device, quietly."""
 
 
 def save_adapted(trainer: pl.Trainer, path: Path) -> Path:
@@ -268,11 +273,15 @@ def adapt_voices(
     seed: int = 0,
     progress: bool = False,
     save: Callable[[str, pl.Trainer], Path] | None = None,
+    check: dict[str, Any] | None = None,
 ) -> list[VoiceOutcome]:
     """Adapt a copy of ``model`` to each voice (stored indices of ``split``) from the same start,
     saving each with ``save``; ``model`` is left as it was. Voices with a reason keep the start's
     probabilities (``before``, by stored index). One voice covering the whole split is adapted
-    exactly as :func:`self_train` adapts a split."""
+    exactly as :func:`self_train` adapts a split. When the validation ``check`` ran and adaptation
+    did not help there, every voice keeps the starting model."""
+    if check is not None and check["checked"] and not check["helped"]:
+        return unadapted(voices, before)
     start = {key: value.detach().clone() for key, value in model.state_dict().items()}
     kept = (model.hparams.lr, model.hparams.scheduler, model.data_config)
     # A model fresh from its checkpoint restores the run's saved random state at its first epoch
@@ -450,12 +459,12 @@ def write_voice_index(out: Path, outcomes: list[VoiceOutcome], original: Path, e
 def build_parser() -> Any:
     """``python -m speechrnn.adapt``'s options: the evaluation options, the self-training settings and
     the optional RECORDINGS."""
-    parser = evaluation_parser("python -m speechrnn.adapt", __doc__)
+    parser = evaluation_parser("adapt", __doc__)
     parser.add_argument(
         "recordings",
         type=Path,
         nargs="*",
-        default=argparse.SUPPRESS,  # an empty list would hide the recordings of a --config file
+        default=SUPPRESS,  # an empty list would hide the recordings of a --config file
         metavar="RECORDINGS",
         help="Your own unlabelled recordings: audio files or folders (searched recursively), each argument one "
         "voice. Without them the --split of the run's data is adapted to.",
@@ -473,8 +482,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     config = parse_with_run_data(parser, args)
     recordings = list(getattr(config, "recordings", None) or [])
     if config.split == "train" and not recordings:
-        parser.error("--split train: the training split has labels; adapt to val or test")
-    with checked_options():
+        raise ConfigError("--split train: the training split has labels; adapt to val or test")
+    with option_errors():
         settings = AdaptSettings(**vars(config.adapt))
     voices = voices_of_arguments(recordings) if recordings else None
     if voices is not None:
@@ -485,7 +494,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         }
         if reasons:
             raise ConfigError(f"too few recordings to adapt to: {listed(reasons)}")  # type: ignore[arg-type]
-    with checked_options():
+    with option_errors():
         datamodule = parser.instantiate_classes(config).data
     model = RNNClassifier.from_checkpoint(config.ckpt, map_location="cpu")
     if model.class_names != datamodule.class_names:
@@ -513,15 +522,11 @@ def adapt_split(
     if all(reasons.values()):
         raise ConfigError(f"nothing to adapt to in the {split} split: {listed(reasons)}")
     check = validation_check(model, datamodule, settings, split, device, config.seed, config.progress)
-    keep = check["checked"] and not check["helped"]
-    several = len(voices) > 1
-    if keep:
-        outcomes = unadapted(voices, before)
-    else:
-        outcomes = adapt_voices(
-            model, datamodule, split, voices, reasons, before, settings, device, config.seed, config.progress,
-            save=checkpoint_saver(out, several),
-        )  # fmt: skip
+    keep, several = check["checked"] and not check["helped"], len(voices) > 1
+    outcomes = adapt_voices(
+        model, datamodule, split, voices, reasons, before, settings, device, config.seed, config.progress,
+        save=checkpoint_saver(out, several), check=check,
+    )  # fmt: skip
     after = {int(i): p for o in outcomes for i, p in zip(o.indices, o.after, strict=True)}
     adapted = [o for o in outcomes if o.checkpoint is not None]
     single = adapted[0].checkpoint if adapted and not several else None
@@ -608,15 +613,11 @@ def adapt_recordings(
     if any(reasons.values()):
         raise ConfigError(f"too little to adapt to: {listed(reasons)}")
     check = validation_check(model, base, settings, "recordings", device, config.seed, config.progress)
-    keep = check["checked"] and not check["helped"]
-    several = len(groups) > 1
-    if keep:
-        outcomes = unadapted(groups, before)
-    else:
-        outcomes = adapt_voices(
-            model, data, "test", groups, reasons, before, settings, device, config.seed, config.progress,
-            save=checkpoint_saver(out, several),
-        )  # fmt: skip
+    keep, several = check["checked"] and not check["helped"], len(groups) > 1
+    outcomes = adapt_voices(
+        model, data, "test", groups, reasons, before, settings, device, config.seed, config.progress,
+        save=checkpoint_saver(out, several), check=check,
+    )  # fmt: skip
     names = model.class_names
     files, rows = [], []
     for outcome in outcomes:

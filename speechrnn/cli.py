@@ -1,17 +1,25 @@
-"""The LightningCLI shared by ``python -m speechrnn.fit`` and friends: defaults and argument links."""
+"""How every speechrnn command reads its options: the LightningCLI of ``fit`` (defaults and argument
+links), the jsonargparse parsers of the other commands, the run-config reuse of ``evaluate`` and
+``adapt``, the Trainer settings training commands share, and one-line errors for bad options or
+config files (exit status 2)."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import re
 import sys
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import jsonargparse
 import torch
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, DefaultHelpFormatter, auto_cli
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -19,7 +27,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from speechrnn.callbacks import AnnealedEarlyStopping, EpochTimer, LastCheckpoint, TrainingBudget
 from speechrnn.data.base import SequenceDataModuleBase
-from speechrnn.errors import ConfigError
+from speechrnn.errors import ConfigError, checked_options, reported_errors
 from speechrnn.models.classifier import RNNClassifier
 
 DEFAULT_DATA = "speechrnn.data.SyntheticCommandsDataModule"
@@ -53,6 +61,177 @@ def default_precision() -> str:
 
 GRADIENT_CLIP_VAL = 5.0
 """Default gradient-norm clipping of every training run (exploding gradients through time)."""
+
+
+def trainer_defaults(device: str | None = None) -> dict[str, Any]:
+    """The Trainer settings every command that trains shares (``fit``, ``adapt``): the precision of
+    the device (``device``, or the best one available), gradient clipping, the logging interval, and
+    the bucketing sampler sharding itself under DDP."""
+    on_gpu = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
+    return {
+        "precision": default_precision() if on_gpu else "32-true",
+        "gradient_clip_val": GRADIENT_CLIP_VAL,
+        "log_every_n_steps": 10,
+        "use_distributed_sampler": False,
+    }
+
+
+INVOKED_AS = {"prefix": "python -m speechrnn."}
+"""How the running command was started: ``speechrnn`` (the dispatcher sets ``speechrnn ``) or
+``python -m speechrnn.X``; it names the command in usage lines and errors."""
+
+
+def prog(command: str) -> str:
+    """The program name a command shows in ``--help``: ``speechrnn build-cache`` when started by the
+    ``speechrnn`` dispatcher, ``python -m speechrnn.build_cache`` otherwise."""
+    prefix = INVOKED_AS["prefix"]
+    return prefix + (command if prefix.endswith(" ") else command.replace("-", "_"))
+
+
+def one_line(error: BaseException) -> str:
+    """A jsonargparse or YAML error as one line: the first line of the message, and the value that
+    was given when the message says it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    given = next((line for line in lines[1:] if line.startswith(("Given value:", "Got value"))), None)
+    head = lines[0]
+    if head.endswith(":") and len(lines) > 1 and lines[1] != given:
+        head = f"{head} {lines[1]}"
+    return f"{head.rstrip(':')} ({given})" if given else head.rstrip(":")
+
+
+@contextmanager
+def option_errors(args: list[str] | None = None) -> Iterator[None]:
+    """Around parsing and instantiating a command's options (``args``, by default the command
+    line's): a parse error (an unknown option, a bad value, a config file that is not valid YAML or
+    does not fit) or a constructor's ``ValueError`` becomes one :class:`ConfigError` line, exit
+    status 2, instead of a usage dump or a traceback; it names the ``--config`` files when the
+    problem is in one of them."""
+    try:
+        with checked_options():
+            yield
+    except ArgumentError as error:
+        message = one_line(error)
+        files = option_values(sys.argv[1:] if args is None else [str(a) for a in args], "--config")
+        if files and message.startswith(("Problems parsing config", "Parser key")):
+            message = f"--config {' '.join(files)}: {message}"
+        raise ConfigError(message) from error
+
+
+class RawDescription(DefaultHelpFormatter):
+    """``--help`` with the command's docstring as written, so its example commands keep their lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+SCRIPT_PARSING: dict[str, Any] = {
+    "as_positional": False,
+    "return_instance": True,
+    "formatter_class": RawDescription,
+    "exit_on_error": False,
+}
+"""How :func:`run_script` reads a script's options: all named, dataclasses built, errors raised."""
+
+
+def run_script(component: Callable[..., Any] | type, doc: str | None, args: list[str] | None = None) -> Any:
+    """The scripts' command line (``pipelines/``, ``benchmarks/``): ``component`` called with (a
+    function) or built from (a dataclass) the options of ``args`` (by default ``sys.argv``), which
+    jsonargparse reads into its typed parameters or fields, whose docstrings give each option's help,
+    with ``--help``, ``--config`` (a YAML file of these options) and ``--print_config``; ``doc``,
+    the script's docstring, heads the help. Bad options, and any error a user can fix, are one line
+    with exit status 2."""
+    with reported_errors(), option_errors(args):
+        return auto_cli(component, args=args, description=doc, **SCRIPT_PARSING)
+
+
+def command_parser(command: str, description: str | None) -> ArgumentParser:
+    """A jsonargparse parser for a speechrnn command with ``--config`` (YAML files with any of its
+    options, several compose in order) and ``--print_config``; errors raise instead of exiting, for
+    :func:`parse_command` to report in one line."""
+    parser = ArgumentParser(
+        prog=prog(command), description=description, exit_on_error=False, formatter_class=RawDescription
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options.")
+    return parser
+
+
+def parse_command(parser: ArgumentParser, args: list[str] | None = None) -> Any:
+    """``parser.parse_args(args)`` with one-line errors (:func:`option_errors`)."""
+    with option_errors(args):
+        return parser.parse_args(args)
+
+
+def run_function(command: str, function: Callable[..., Any], args: list[str] | None = None) -> Any:
+    """Parse ``args`` into the parameters of a typed ``function`` (its docstring is the help) and call
+    it: the commands whose options are one function's arguments (``export``, ``generate``)."""
+    summary = (inspect.getdoc(function) or "").split("\n\n")[0]
+    parser = command_parser(command, summary)
+    parser.add_function_arguments(function, as_positional=False)
+    config = parse_command(parser, args)
+    options = {k: v for k, v in vars(config.clone()).items() if k not in ("config", "__default_config__")}
+    return function(**options)
+
+
+def run_config(checkpoint: Path) -> Path | None:
+    """The ``config.yaml`` of the run a checkpoint belongs to (``version_N/checkpoints/x.ckpt``)."""
+    candidate = checkpoint.resolve().parent.parent / "config.yaml"
+    return candidate if candidate.is_file() else None
+
+
+def read_yaml(path: Path, what: str = "config") -> Any:
+    """A YAML file read safely; a file that cannot be read or parsed is one :class:`ConfigError` line
+    naming it."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the {what}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: the {what} is not valid YAML{where}: {problem}") from None
+
+
+def option_values(args: list[str], option: str) -> list[str]:
+    """The values given to ``--option`` in ``args`` (``--option X`` or ``--option=X``), in order."""
+    values = []
+    for position, word in enumerate(args):
+        if word == option and position + 1 < len(args):
+            values.append(args[position + 1])
+        elif word.startswith(option + "="):
+            values.append(word.split("=", 1)[1])
+    return values
+
+
+def parse_with_run_data(parser: ArgumentParser, args: list[str] | None = None) -> Any:
+    """Parse the options of a command that reads a checkpoint and its run's data (``evaluate``,
+    ``adapt``): the run's ``config.yaml`` beside the checkpoint gives the defaults of ``--data.*``,
+    which the command line or a ``--config`` file then override. A config that cannot be read is
+    one line naming it."""
+    args = sys.argv[1:] if args is None else list(args)
+    checkpoints = option_values(args, "--ckpt")
+    if not checkpoints:
+        for file in option_values(args, "--config"):
+            given = read_yaml(Path(file)) if Path(file).is_file() else None
+            if isinstance(given, dict) and given.get("ckpt"):
+                checkpoints = [str(given["ckpt"])]
+    if checkpoints and (config := run_config(Path(checkpoints[-1]))) is not None:
+        saved = read_yaml(config, "run's config")
+        if not isinstance(saved, dict) or not isinstance(saved.get("data"), dict):
+            raise ConfigError(f"{config}: the run's config has no data section; give the data with --data CLASS")
+        parser.set_defaults({"data": saved["data"]})
+    config = parse_command(parser, args)
+    if config.data is None:
+        raise ConfigError("no run config.yaml beside the checkpoint; give the data with --data CLASS --data.*")
+    return config
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: cuda when available, else cpu; anything else as given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
 
 RUN_VERSION_ENV = "SPEECHRNN_RUN_VERSION"
 """Carries the run folder's version from rank 0 to the processes Lightning starts for DDP."""
@@ -136,22 +315,18 @@ class SpeechRNNCLI(LightningCLI):
     """
 
     def __init__(self, args: Any = None, run: bool = False, **kwargs: Any) -> None:
-        trainer_defaults = {
-            "precision": default_precision(),
-            "max_epochs": None,  # TrainingBudget chooses it from the training split's size
-            "gradient_clip_val": GRADIENT_CLIP_VAL,
-            "log_every_n_steps": 10,
-            "use_distributed_sampler": False,  # the bucketing sampler shards itself
-        }
-        trainer_defaults.update(kwargs.pop("trainer_defaults", {}))
+        defaults = {**trainer_defaults(), "max_epochs": None}  # TrainingBudget chooses the epochs
+        defaults.update(kwargs.pop("trainer_defaults", {}))
+        parser_kwargs = {"exit_on_error": False, "prog": prog("fit"), **kwargs.pop("parser_kwargs", {})}
         jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=shows_help(args))
         try:
             super().__init__(
                 RNNClassifier,
                 SequenceDataModuleBase,
                 subclass_mode_data=True,
-                trainer_defaults=trainer_defaults,
+                trainer_defaults=defaults,
                 seed_everything_default=0,
+                parser_kwargs=parser_kwargs,
                 save_config_callback=ResolvedConfigCallback,
                 save_config_kwargs={"overwrite": True},
                 args=args,

@@ -55,15 +55,23 @@ def checked_options() -> Iterator[None]:
         raise ConfigError(user_message(error)) from error
 
 
-def run_entry_point(main: Callable[[], Any]) -> NoReturn:
-    """Run ``main`` and exit: its integer result is the status (0 otherwise); a
-    :class:`UserInputError` is printed as ``error: ...`` with status 2 (``SPEECHRNN_TRACEBACK=1``
-    keeps the traceback)."""
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """Around an entry point: a :class:`UserInputError` is printed as ``error: ...`` and the process
+    exits with status 2 (``SPEECHRNN_TRACEBACK=1`` keeps the traceback); anything else is a bug and
+    keeps its traceback."""
     try:
-        result = main()
+        yield
     except UserInputError as error:
         if os.environ.get("SPEECHRNN_TRACEBACK"):
             raise
         print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def run_entry_point(main: Callable[[], Any]) -> NoReturn:
+    """Run ``main`` and exit: its integer result is the status (0 otherwise); errors as
+    :func:`reported_errors` reports them."""
+    with reported_errors():
+        result = main()
     sys.exit(result if isinstance(result, int) else 0)

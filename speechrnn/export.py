@@ -71,7 +71,7 @@ def exportable(checkpoint_path: str | os.PathLike) -> Exportable:
     model = load_checkpoint(checkpoint_path)
     if model.data_config.get("features"):
         classifier = WaveformClassifier.from_model(model, str(checkpoint_path))
-        return EnrolledWaveformClassifier(classifier) if classifier.classifier.per_speaker else classifier
+        return EnrolledWaveformClassifier(classifier) if classifier.normalization == "speaker" else classifier
     return FeatureClassifier.from_model(model)
 
 
@@ -107,12 +107,12 @@ def check_inputs(model: Exportable) -> tuple[torch.Tensor, ...]:
 def io_names(model: nn.Module) -> tuple[list[str], list[str]]:
     """Input and output names of the exported graph (the names of its ``forward``'s arguments)."""
     if isinstance(model, EnrolledWaveformClassifier):
-        inputs, task = ["waveforms", "lengths", "enrollment", "enrollment_lengths"], model.inner.classifier.task
+        inputs = ["waveforms", "lengths", "enrollment", "enrollment_lengths"]
     elif isinstance(model, WaveformClassifier):
-        inputs, task = ["waveforms", "lengths"], model.classifier.task
+        inputs = ["waveforms", "lengths"]
     else:
-        inputs, task = ["features", "lengths"], model.task
-    return inputs, ["probabilities" if task == "classification" else "outputs"]
+        inputs = ["features", "lengths"]
+    return inputs, ["probabilities" if model.task == "classification" else "outputs"]
 
 
 @contextlib.contextmanager
@@ -347,9 +347,9 @@ def export(ckpt: Path, out: Path, format: Format = "onnx", opset: int = DEFAULT_
 
 
 def main(args: list[str] | None = None) -> None:
-    from jsonargparse import CLI
+    from speechrnn.cli import run_function
 
-    CLI(export, args=args, as_positional=False, prog="python -m speechrnn.export")
+    run_function("export", export, args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -30,9 +30,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from speechrnn.normalization import Normalization, normalize_utterances
 from speechrnn.padding import lengths_mask
-
-Normalization = Literal["auto", "utterance", "speaker", "dataset", "none"]
 
 
 @dataclass(frozen=True)
@@ -134,40 +133,6 @@ class FeatureSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FeatureSettings:
         return cls(**values)
-
-
-def normalize_utterances(features: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Per-clip, per-coefficient mean/variance normalisation over valid frames of ``(B, T, F)``.
-
-    Padding stays zero so it carries no information.
-    """
-    mask = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1).to(features.dtype)
-    count = mask.sum(1, keepdim=True).clamp_min(1)
-    mean = (features * mask).sum(1, keepdim=True) / count
-    centred = (features - mean) * mask
-    std = (centred.square().sum(1, keepdim=True) / count).sqrt()
-    return centred / (std + eps)
-
-
-def pooled_moments(
-    features: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and deviation ``(F,)`` over the valid frames of every clip of ``(B, T, F)``
-    together (a speaker's statistics from a batch of its recordings); the deviation has ``eps`` added,
-    as the DataModules' statistics do."""
-    mask = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1).to(features.dtype)
-    count = mask.sum().clamp_min(1)
-    mean = (features * mask).sum((0, 1)) / count
-    std = (((features - mean) * mask).square().sum((0, 1)) / count).sqrt()
-    return mean, std + eps
-
-
-def standardize(features: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Dataset or speaker normalisation of ``(B, T, F)``: ``(x - mean) / std`` on valid frames, zeros
-    on padding; ``mean``/``std`` are ``(F,)`` (the training split's) or ``(B, 1, F)`` (each clip's
-    speaker's). The one place training, evaluation, inference and exported models apply it."""
-    valid = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1)
-    return torch.where(valid, (features - mean) / std, torch.zeros_like(features))
 
 
 def deltas(coeffs: torch.Tensor, win_length: int = 5) -> torch.Tensor:

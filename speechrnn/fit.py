@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from speechrnn.callbacks import EpochTimer
-from speechrnn.cli import SpeechRNNCLI, check_trainer_plan
-from speechrnn.data.base import SPLITS
-from speechrnn.errors import checked_options, run_entry_point
+from speechrnn.cli import SpeechRNNCLI, check_trainer_plan, option_errors
+from speechrnn.data.splits import SPLITS
+from speechrnn.errors import run_entry_point
 from speechrnn.io import atomic_write_json
 from speechrnn.models.classifier import is_classification, is_per_step
 from speechrnn.reports import report_split
@@ -48,7 +48,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     Options are checked before any data is prepared: an impossible one raises
     :class:`~speechrnn.errors.ConfigError` naming it.
     """
-    with checked_options():
+    with option_errors(args):
         cli = SpeechRNNCLI(args=args)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     check_trainer_plan(trainer)

@@ -74,9 +74,9 @@ def generate(
 
 
 def main(args: list[str] | None = None) -> None:
-    from jsonargparse import CLI
+    from speechrnn.cli import run_function
 
-    CLI(generate, args=args, as_positional=False, prog="python -m speechrnn.generate")
+    run_function("generate", generate, args)
 
 
 if __name__ == "__main__":

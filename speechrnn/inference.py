@@ -7,8 +7,10 @@
   ``(waveforms (B, S) at sample_rate, lengths (B,) samples) -> (B, C)``. Every stage is masked by
   the lengths, so each clip of a zero-padded batch gets what it gets alone.
 - :class:`Predictor`: files and waveforms of any rate and channel count -> label probabilities.
-- :func:`predict_split`: a DataModule's split through the training path's features -> probabilities
-  (per clip, or per frame for per-step tasks).
+
+Each says how it normalises in ``normalization`` (:mod:`speechrnn.normalization`): a ``speaker``
+model takes the speaker's statistics with every call. Nothing here needs a DataModule; a DataModule's
+split through a model is :mod:`speechrnn.split_predictions`.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from speechrnn.audio_io import AudioError, read_audio, resample, to_mono
-from speechrnn.data.base import FrameMoments, SequenceDataModuleBase, Split
-from speechrnn.features import FeatureSettings, MFCCFrontend, pooled_moments, standardize
-from speechrnn.models.classifier import RNNClassifier, is_per_step, output_activation
+from speechrnn.features import FeatureSettings, MFCCFrontend
+from speechrnn.models.classifier import RNNClassifier, output_activation
 from speechrnn.models.network import SequenceClassifierNet
+from speechrnn.normalization import FrameMoments, Normalization, normalization_of, pooled_moments, standardize
 
-SpeakerStatistics = tuple[torch.Tensor, torch.Tensor]
+SpeakerStatistics = tuple[Tensor, Tensor]
 """A speaker's feature mean and deviation, ``(F,)`` each."""
 
 
@@ -37,8 +39,8 @@ class FeatureClassifier(nn.Module):
 
     Softmax probabilities for classification, raw outputs for regression. Checkpoints trained on
     feature sequences export as this; :class:`WaveformClassifier` puts the MFCC front end before it.
-    A model trained with ``features.normalize='speaker'`` takes each clip's speaker statistics
-    (``mean``, ``std``: ``(F,)`` for the whole batch or ``(B, F)``) with every call.
+    A model with ``normalization='speaker'`` takes each clip's speaker statistics (``mean``, ``std``:
+    ``(F,)`` for the whole batch or ``(B, F)``) with every call.
     """
 
     def __init__(
@@ -48,17 +50,23 @@ class FeatureClassifier(nn.Module):
         feature_mean: list[float] | None = None,
         feature_std: list[float] | None = None,
         task: str = "classification",
-        per_speaker: bool = False,
+        normalization: Normalization | None = None,
     ) -> None:
+        """``normalization``: what the model was trained with; ``dataset`` applies ``feature_mean``
+        and ``feature_std`` (the default when they are given, else ``none``), ``speaker`` takes the
+        statistics with each call, ``utterance`` is the front end's and ``none`` applies nothing."""
         super().__init__()
         if (feature_mean is None) != (feature_std is None):
             raise ValueError("feature_mean and feature_std must be given together")
+        self.normalization: Normalization = normalization or ("none" if feature_mean is None else "dataset")
+        if (self.normalization == "dataset") != (feature_mean is not None):
+            raise ValueError(
+                f"feature_mean and feature_std go with dataset normalisation, not with {self.normalization!r}"
+            )
         self.net = net
         self.class_names = list(class_names)
         self.task = task
-        self.per_speaker = per_speaker
-        self.normalized = feature_mean is not None
-        if self.normalized:
+        if feature_mean is not None:
             self.register_buffer("mean", torch.tensor(feature_mean, dtype=torch.float32))
             self.register_buffer("std", torch.tensor(feature_std, dtype=torch.float32))
         self.eval()
@@ -78,18 +86,14 @@ class FeatureClassifier(nn.Module):
             config.get("feature_mean"),
             config.get("feature_std"),
             model.hparams.task,
-            per_speaker=(config.get("features") or {}).get("normalize") == "speaker",
+            normalization_of(config),
         )
         return classifier.to(model.device)
 
     def forward(
-        self,
-        features: torch.Tensor,
-        lengths: torch.Tensor,
-        mean: torch.Tensor | None = None,
-        std: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if self.per_speaker:
+        self, features: Tensor, lengths: Tensor, mean: Tensor | None = None, std: Tensor | None = None
+    ) -> Tensor:
+        if self.normalization == "speaker":
             if mean is None or std is None:
                 raise ValueError(
                     "this model normalises features per speaker (features.normalize='speaker'): pass the mean and "
@@ -98,7 +102,7 @@ class FeatureClassifier(nn.Module):
             if mean.dim() == 2:
                 mean, std = mean[:, None], std[:, None]
             features = standardize(features, lengths, mean.to(features), std.to(features))
-        elif self.normalized:
+        elif self.normalization == "dataset":
             features = standardize(features, lengths, self.mean, self.std)
         return output_activation(self.net(features, lengths), self.task)
 
@@ -116,14 +120,19 @@ class WaveformClassifier(nn.Module):
     """A checkpoint as waveforms -> probabilities: MFCC front end, dataset normalisation, network, softmax.
 
     ``forward(waveforms (B, S) float32 at sample_rate, lengths (B,) int64 samples) -> (B, C)``,
-    for each clip of a zero-padded batch as for the clip alone. Does not resample.
+    for each clip of a zero-padded batch as for the clip alone. Does not resample. ``class_names``,
+    ``task`` and ``normalization`` are ``classifier``'s.
     """
 
     def __init__(self, settings: FeatureSettings, classifier: FeatureClassifier) -> None:
         super().__init__()
         self.settings = settings
+        self.sample_rate = settings.rate
         self.frontend = MFCCFrontend(settings)
         self.classifier = classifier
+        self.class_names = classifier.class_names
+        self.task = classifier.task
+        self.normalization = classifier.normalization
         self.eval()
 
     @classmethod
@@ -143,22 +152,10 @@ class WaveformClassifier(nn.Module):
         classifier = cls(FeatureSettings.from_dict(config["features"]), FeatureClassifier.from_model(model))
         return classifier.to(model.device)
 
-    @property
-    def sample_rate(self) -> int:
-        return self.settings.rate
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.classifier.class_names
-
     def forward(
-        self,
-        waveforms: torch.Tensor,
-        lengths: torch.Tensor,
-        mean: torch.Tensor | None = None,
-        std: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``mean``/``std``: the speaker statistics a ``normalize='speaker'`` model needs (see
+        self, waveforms: Tensor, lengths: Tensor, mean: Tensor | None = None, std: Tensor | None = None
+    ) -> Tensor:
+        """``mean``/``std``: the speaker statistics a ``normalization='speaker'`` model needs (see
         :class:`FeatureClassifier`)."""
         # Every STFT frame is kept: an exported graph's shapes cannot depend on the lengths' values.
         lengths = lengths.to(waveforms.device, torch.int64)
@@ -169,7 +166,7 @@ class WaveformClassifier(nn.Module):
         """Labels, task, sample rate, the shortest usable clip (samples) and the feature settings."""
         return {
             "class_names": self.class_names,
-            "task": self.classifier.task,
+            "task": self.task,
             "input": "waveform",
             "sample_rate": self.sample_rate,
             "min_samples": self.settings.win_length,
@@ -186,22 +183,13 @@ class EnrolledWaveformClassifier(nn.Module):
 
     def __init__(self, classifier: WaveformClassifier) -> None:
         super().__init__()
-        if not classifier.classifier.per_speaker:
+        if classifier.normalization != "speaker":
             raise ValueError("EnrolledWaveformClassifier is for models trained with features.normalize='speaker'")
         self.inner = classifier
+        self.settings, self.sample_rate, self.task = classifier.settings, classifier.sample_rate, classifier.task
         self.eval()
 
-    @property
-    def settings(self) -> FeatureSettings:
-        return self.inner.settings
-
-    @property
-    def sample_rate(self) -> int:
-        return self.inner.sample_rate
-
-    def forward(
-        self, waveforms: torch.Tensor, lengths: torch.Tensor, enrollment: torch.Tensor, enrollment_lengths: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, waveforms: Tensor, lengths: Tensor, enrollment: Tensor, enrollment_lengths: Tensor) -> Tensor:
         enrollment_lengths = enrollment_lengths.to(enrollment.device, torch.int64)
         features, frame_lengths = self.inner.frontend.compute(enrollment, enrollment_lengths, frames=None)
         mean, std = pooled_moments(features, frame_lengths)
@@ -218,9 +206,9 @@ class Predictor:
     >>> predictor = Predictor.from_checkpoint("lightning_logs/version_0/checkpoints/last.ckpt")
     >>> predictor.predict_file("yes.wav")  # {"yes": 0.97, "no": 0.01, ...}
 
-    A model trained with ``features.normalize='speaker'`` also needs the speaker's statistics:
-    ``stats, _ = predictor.speaker_statistics(that_speakers_files)`` (or ``known_speaker(name)`` for a
-    voice of the training corpus), then ``predict_file(path, stats)``.
+    A model with ``normalization == 'speaker'`` (trained with ``features.normalize='speaker'``) also
+    needs the speaker's statistics: ``stats, _ = predictor.speaker_statistics(that_speakers_files)``
+    (or ``known_speaker(name)`` for a voice of the training corpus), then ``predict_file(path, stats)``.
     """
 
     def __init__(self, model: RNNClassifier, device: str | torch.device = "cpu") -> None:
@@ -228,14 +216,15 @@ class Predictor:
         self.classifier = WaveformClassifier.from_model(model.to(self.device).eval())
         self.settings = self.classifier.settings
         self.class_names = self.classifier.class_names
-        self.per_speaker = self.classifier.classifier.per_speaker
+        self.normalization: Normalization = self.classifier.normalization
+        """How the model normalises features: ``speaker`` needs each speaker's statistics with every call."""
         self._known = model.data_config.get("speaker_statistics") or {}
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
         return cls(RNNClassifier.from_checkpoint(path, map_location=device), device)
 
-    def _audio(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
+    def _audio(self, waveform: Tensor | np.ndarray, sample_rate: int) -> Tensor:
         samples = to_mono(np.asarray(waveform, dtype=np.float32))
         audio = resample(torch.from_numpy(np.ascontiguousarray(samples)), sample_rate, self.settings.rate)
         if audio.numel() < self.settings.win_length:
@@ -244,10 +233,10 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(
-        self, waveform: torch.Tensor | np.ndarray, sample_rate: int, speaker: SpeakerStatistics | None = None
-    ) -> torch.Tensor:
+        self, waveform: Tensor | np.ndarray, sample_rate: int, speaker: SpeakerStatistics | None = None
+    ) -> Tensor:
         """Class probabilities ``(num_classes,)`` of one waveform ``(samples,)`` or ``(samples, channels)``;
-        ``speaker``: its speaker's statistics, which a ``normalize='speaker'`` model needs."""
+        ``speaker``: its speaker's statistics, which a ``normalization='speaker'`` model needs."""
         audio = self._audio(waveform, sample_rate)
         lengths = torch.tensor([audio.numel()], device=self.device)
         mean, std = speaker if speaker is not None else (None, None)
@@ -261,7 +250,7 @@ class Predictor:
         computed them for every speaker: over all frames of all the recordings, unlabelled (the more
         recordings, the better), and how many recordings were used. A bad file raises
         :class:`AudioError` naming it, or with ``skip_errors`` is left out; None when none was usable."""
-        moments = FrameMoments(1, self.classifier.classifier.net.encoder.input_size)
+        moments = FrameMoments(1, self.settings.feature_dim)
         used = 0
         for path in recordings:
             try:
@@ -287,7 +276,7 @@ class Predictor:
         return torch.tensor(entry["mean"]), torch.tensor(entry["std"])
 
     def predict_waveform(
-        self, waveform: torch.Tensor | np.ndarray, sample_rate: int, speaker: SpeakerStatistics | None = None
+        self, waveform: Tensor | np.ndarray, sample_rate: int, speaker: SpeakerStatistics | None = None
     ) -> dict[str, float]:
         """Label -> probability, most likely first."""
         probabilities = self.probabilities(waveform, sample_rate, speaker)
@@ -301,47 +290,4 @@ class Predictor:
         return self.predict_waveform(waveform.numpy(), self.settings.rate, speaker)
 
 
-@torch.inference_mode()
-def split_probabilities(
-    model: RNNClassifier, datamodule: SequenceDataModuleBase, split: Split, device: str | torch.device = "cpu"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Stored indices ``(N,)`` and probabilities of every example in ``split``, in loader order,
-    through the training path's features; per-step tasks give the valid frames of every sequence
-    concatenated, ``(sum T_i, C)``, and the frame count of each ``(N,)`` (None otherwise)."""
-    datamodule.setup("test")
-    model = model.to(device).eval()
-    per_step = is_per_step(model.hparams.task)
-    outputs: list[torch.Tensor] = []
-    indices, frame_counts = [], []
-    for batch in datamodule.dataloader(split, shuffle=False, shard=False):
-        features, lengths, *_ = datamodule.featurize((batch[0].to(device, non_blocking=True), *batch[1:]))
-        probabilities = output_activation(model(features, lengths), model.hparams.task).cpu()
-        if per_step:
-            outputs.extend(p[:n] for p, n in zip(probabilities, lengths.tolist(), strict=True))
-            frame_counts.append(lengths.cpu())
-        else:
-            outputs.append(probabilities)
-        indices.append(batch[3])
-    counts = torch.cat(frame_counts).numpy() if per_step else None
-    return torch.cat(indices).numpy(), torch.cat(outputs).numpy(), counts
-
-
-def predict_split(
-    model: RNNClassifier, datamodule: SequenceDataModuleBase, split: Split, device: str | torch.device = "cpu"
-) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None], np.ndarray | None]:
-    """Targets, probabilities, sources and speakers of every example in ``split``, and the number of
-    frames of each when the task is per step.
-
-    Whole-sequence tasks: targets ``(N,)`` and probabilities ``(N, C)``, lengths None. Per-step
-    tasks: the valid frames of every sequence, concatenated in order (targets ``(sum T_i,)``,
-    probabilities ``(sum T_i, C)``), and lengths ``(N,)`` to tell the sequences apart.
-    """
-    indices, probabilities, lengths = split_probabilities(model, datamodule, split, device)
-    targets = datamodule.targets()[indices]
-    if lengths is not None:
-        targets = np.concatenate([np.asarray(t) for t in targets])
-    records = [datamodule.record_of(int(i)) for i in indices]
-    return targets, probabilities, [r.source for r in records], [r.speaker for r in records], lengths
-
-
-__all__ = ["AudioError", "FeatureClassifier", "Predictor", "WaveformClassifier", "predict_split", "split_probabilities"]
+__all__ = ["AudioError", "EnrolledWaveformClassifier", "FeatureClassifier", "Predictor", "WaveformClassifier"]

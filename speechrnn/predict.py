@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse import ActionConfigFile, ArgumentParser
-
 from speechrnn.audio_io import AudioError, audio_files
+from speechrnn.cli import command_parser, parse_command
 from speechrnn.errors import ConfigError, run_entry_point
 from speechrnn.inference import Predictor
 
@@ -47,7 +46,7 @@ def predict(
         The process exit status: 0 when every file was classified, 1 otherwise.
     """
     predictor = Predictor.from_checkpoint(ckpt, device)
-    if speaker is not None and not predictor.per_speaker:
+    if speaker is not None and predictor.normalization != "speaker":
         raise ConfigError(f"--speaker {speaker}: {ckpt} does not normalise per speaker; leave --speaker out")
     try:
         known = predictor.known_speaker(speaker) if speaker is not None else None
@@ -62,7 +61,7 @@ def predict(
             print(f"error: {error}", file=sys.stderr)
             continue
         statistics = known
-        if predictor.per_speaker and statistics is None:
+        if predictor.normalization == "speaker" and statistics is None:
             statistics, used = predictor.speaker_statistics(paths, skip_errors=True)  # bad files: reported below
             if used == 1:
                 print(
@@ -85,8 +84,7 @@ def predict(
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m speechrnn.predict", description=__doc__)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
+    parser = command_parser("predict", __doc__)
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by python -m speechrnn.fit")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="FILE_OR_DIR", help="audio files or folders")
     parser.add_argument("--top_k", "--top-k", type=int, default=3, help="labels printed per file, most likely first")
@@ -99,7 +97,7 @@ def main(args: list[str] | None = None) -> int:
         help="for a model normalised per speaker: use this training-corpus speaker's statistics "
         "(default: each FILE_OR_DIR is one speaker, normalised with its own files)",
     )
-    config = parser.parse_args(args)
+    config = parse_command(parser, args)
     return predict(config.ckpt, config.inputs, config.top_k, config.format, config.device, config.speaker)
 
 

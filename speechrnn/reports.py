@@ -30,10 +30,11 @@ from sklearn.metrics import (
 )
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from speechrnn.data.base import SequenceDataModuleBase, Split
-from speechrnn.inference import predict_split
+from speechrnn.data.base import SequenceDataModuleBase
+from speechrnn.data.splits import Split
 from speechrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from speechrnn.models.classifier import RNNClassifier
+from speechrnn.split_predictions import predict_split
 
 
 def _renormalized(probabilities: np.ndarray) -> np.ndarray:

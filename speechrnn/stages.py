@@ -36,15 +36,18 @@ class Pipeline:
         atomic_write_json(marker, {"stage": name, "result": result})
         return result
 
-    def fit(self, name: str, config: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-        """A ``speechrnn.fit`` run in ``workdir/name``; returns its test metrics, timing, checkpoint and
-        parameter count. An interrupted run of this stage resumes from its last checkpoint."""
+    def fit(
+        self, name: str, config: str | Path | Sequence[str | Path] | None, overrides: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """A ``speechrnn.fit`` run in ``workdir/name`` with ``config`` (one fit config, or several that
+        compose in order) and ``overrides``; returns its test metrics, timing, checkpoint and parameter
+        count. An interrupted run of this stage resumes from its last checkpoint."""
 
         def run() -> dict[str, Any]:
             from speechrnn.fit import main
 
             root = self.workdir / name
-            args = ["--config", str(config)] if config is not None else []
+            args = [option for path in config_files(config) for option in ("--config", str(path))]
             args += [*overrides, "--trainer.default_root_dir", str(root)]
             if list(root.glob("lightning_logs/version_*/checkpoints/last.ckpt")):
                 args += ["--ckpt_path", "last"]
@@ -60,16 +63,50 @@ class Pipeline:
         return atomic_write_text(self.workdir / f"{name}.md", text)
 
 
-def datamodule_from_config(data: dict[str, Any] | str | Path, **init_args: Any) -> Any:
-    """Instantiate the DataModule of a fit config (a ``config.yaml`` path or its ``data`` mapping),
-    with ``init_args`` overriding the config's."""
-    import yaml
+ConfigSource = dict[str, Any] | str | Path | Sequence[str | Path]
+"""A fit config: a YAML path, several that compose in order (as ``--config A --config B``), or the
+``data`` mapping itself."""
+
+
+def config_files(config: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """The YAML files of a :data:`ConfigSource` that is not a mapping, in the order they apply."""
+    if config is None:
+        return []
+    return [Path(config)] if isinstance(config, str | Path) else [Path(path) for path in config]
+
+
+def data_section(config: ConfigSource) -> dict[str, Any]:
+    """The ``data`` mapping that a fit config composes to, merged as ``speechrnn.fit`` merges its
+    ``--config`` files, over the default corpus when none names one: what the stages that build the
+    DataModule without a fit (prepare, build-cache, baselines) take. A file that cannot be read or
+    parsed is one :class:`~speechrnn.errors.ConfigError` line naming it."""
+    import json
+
+    from jsonargparse import ArgumentParser
+
+    from speechrnn.cli import DEFAULT_DATA, read_yaml
+    from speechrnn.data.base import SequenceDataModuleBase
+
+    if isinstance(config, dict):
+        return config
+    sections: list[Any] = [{"class_path": DEFAULT_DATA}]
+    for path in config_files(config):
+        content = read_yaml(path)
+        sections.append(content.get("data") if isinstance(content, dict) else None)
+    options = [option for data in sections if data for option in ("--data", json.dumps(data))]
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(SequenceDataModuleBase, "data")
+    return json.loads(parser.dump(parser.parse_args(options, defaults=False), format="json"))["data"]
+
+
+def datamodule_from_config(config: ConfigSource, **init_args: Any) -> Any:
+    """Instantiate the DataModule of a fit config (:data:`ConfigSource`), with ``init_args``
+    overriding the config's."""
     from jsonargparse import ArgumentParser
 
     from speechrnn.data.base import SequenceDataModuleBase
 
-    if not isinstance(data, dict):
-        data = yaml.safe_load(Path(data).read_text())["data"]
+    data = data_section(config)
     data = {**data, "init_args": {**data.get("init_args", {}), **init_args}}
     parser = ArgumentParser()
     parser.add_subclass_arguments(SequenceDataModuleBase, "data")
@@ -83,7 +120,7 @@ def cache_workers(workers: int | None = None) -> int:
     return (os.cpu_count() or 1) if workers is None else workers
 
 
-def prepare(config: dict[str, Any] | str | Path, workers: int | None = None, **init_args: Any) -> dict[str, Any]:
+def prepare(config: ConfigSource, workers: int | None = None, **init_args: Any) -> dict[str, Any]:
     """Download or generate the corpus and build the feature cache its training runs read, with all
     cores by default."""
     datamodule = datamodule_from_config(config, cache_workers=cache_workers(workers), **init_args)

@@ -18,12 +18,13 @@ import torch
 from speechrnn.adapt import AdaptSettings, build_parser, screen, self_train, subset_probabilities, validation_check
 from speechrnn.adapt import main as adapt
 from speechrnn.audio_io import AudioError
+from speechrnn.cli import parse_with_run_data, trainer_defaults
 from speechrnn.data import AudioFolderDataModule
 from speechrnn.errors import ConfigError, run_entry_point
-from speechrnn.evaluate import parse_with_run_data
 from speechrnn.features import FeatureSettings
-from speechrnn.inference import Predictor, split_probabilities
+from speechrnn.inference import Predictor
 from speechrnn.models.classifier import RNNClassifier
+from speechrnn.split_predictions import split_probabilities
 from tests.conftest import CLASSES, chirp, write_corpus
 
 SPEAKER = FeatureSettings(deltas=1, normalize="speaker")
@@ -135,7 +136,9 @@ def test_each_round_trains_on_the_confident_predictions(trained) -> None:
     _, probabilities, _ = split_probabilities(model, dm, "test")
     threshold = float(np.median(probabilities.max(axis=1)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    history, _ = self_train(model, dm, "test", AdaptSettings(rounds=2, threshold=threshold, epochs=1))
+    history, trainer = self_train(model, dm, "test", AdaptSettings(rounds=2, threshold=threshold, epochs=1))
+    shared = trainer_defaults("cpu")  # the settings fit's Trainer has
+    assert trainer.gradient_clip_val == shared["gradient_clip_val"] and trainer.precision == shared["precision"]
     assert [h["round"] for h in history] == [1, 2]
     assert history[0]["clips"] == len(dm.splits["test"])
     assert history[0]["pseudo_labelled"] == int((probabilities.max(axis=1) >= threshold).sum())
@@ -439,5 +442,5 @@ def test_bad_settings_are_refused_before_any_work(trained, tmp_path: Path, optio
 
 def test_the_training_split_cannot_be_adapted_to(trained) -> None:
     checkpoint, _, cache = trained
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="^--split train: the training split has labels; adapt to val or test$"):
         adapt(["--ckpt", str(checkpoint), "--data.cache_dir", str(cache), "--split", "train"])

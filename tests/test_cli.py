@@ -198,3 +198,140 @@ def test_resuming_with_more_epochs_than_the_one_cycle_schedule_spans_is_refused(
     ):
         main(fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "4", "--ckpt_path", "last"))
     assert main(fit_args(tiny_corpus, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last"))["test/acc"] >= 0
+
+
+# --- the speechrnn command --------------------------------------------------------------------
+def run_command(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """``speechrnn ARGV`` in this process; returns the exit status."""
+    from speechrnn import cli
+    from speechrnn.__main__ import main as speechrnn
+
+    monkeypatch.setitem(cli.INVOKED_AS, "prefix", cli.INVOKED_AS["prefix"])  # restored after the test
+    monkeypatch.setattr(sys, "argv", ["speechrnn", *argv])
+    with pytest.raises(SystemExit) as exited:
+        speechrnn(argv)
+    return exited.value.code or 0
+
+
+def test_speechrnn_lists_every_command_and_each_has_a_main() -> None:
+    import importlib
+
+    from speechrnn.__main__ import COMMANDS
+
+    result = subprocess.run([sys.executable, "-m", "speechrnn", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name, command in COMMANDS.items():
+        assert f"  {name} " in result.stdout
+        assert callable(importlib.import_module(command.module).main)
+    assert {"fit", "evaluate", "predict", "adapt", "export", "generate", "build-cache"} <= set(COMMANDS)
+
+
+def test_speechrnn_refuses_an_unknown_or_missing_command(monkeypatch, capsys) -> None:
+    assert run_command(["trian"], monkeypatch) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: unknown command 'trian'; the commands are fit, evaluate, predict, adapt, export, generate, build-cache"
+    )
+    assert run_command([], monkeypatch) == 2
+    assert "commands:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command,options",
+    [("evaluate", ["--ckpt", "--split", "--data", "--print_config"]),
+     ("predict", ["--ckpt", "--top_k", "FILE_OR_DIR", "--print_config"]),
+     ("adapt", ["--ckpt", "--adapt.rounds", "RECORDINGS", "--print_config"]),
+     ("export", ["--ckpt", "--out", "--format", "--print_config"]),
+     ("generate", ["--ckpt", "--prime", "--temperature", "--print_config"]),
+     ("build-cache", ["FIT_CONFIG", "--workers", "--format", "--output", "--print_config"])],
+)  # fmt: skip
+def test_each_command_has_help_config_and_print_config(command, options, monkeypatch, capsys) -> None:
+    assert run_command([command, "--help"], monkeypatch) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: speechrnn {command} ")
+    for option in options:
+        assert option in shown
+
+
+def test_print_config_writes_a_config_the_command_reads_back(tmp_path: Path, monkeypatch, capsys) -> None:
+    assert run_command(["export", "--ckpt", "a.ckpt", "--out", "a.onnx", "--print_config"], monkeypatch) == 0
+    printed = yaml_load(capsys.readouterr().out)
+    assert printed == {"ckpt": "a.ckpt", "out": "a.onnx", "format": "onnx", "opset": printed["opset"], "verify": True}
+    (tmp_path / "export.yaml").write_text(yaml_dump({**printed, "ckpt": str(tmp_path / "missing.ckpt")}))
+    assert run_command(["export", "--config", str(tmp_path / "export.yaml")], monkeypatch) == 2
+    assert "missing.ckpt" in capsys.readouterr().err  # the config's options reached the command
+
+
+def yaml_load(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def yaml_dump(data) -> str:
+    import yaml
+
+    return yaml.safe_dump(data)
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate", "predict", "adapt", "export", "generate", "build-cache"])
+def test_a_config_file_that_is_not_yaml_is_one_line_with_status_2(command, tmp_path: Path, monkeypatch, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    assert run_command([command, "--config", str(bad)], monkeypatch) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith("error: ") and str(bad) in error, error
+
+
+def test_a_config_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path: Path, monkeypatch, capsys) -> None:
+    bad = tmp_path / "fit.yaml"
+    bad.write_text("trainer:\n  max_epochs: many\n")
+    assert run_command(["fit", "--config", str(bad)], monkeypatch) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "trainer.max_epochs" in error and "many" in error and str(bad) in error, error
+
+
+@pytest.mark.parametrize("command", ["evaluate", "adapt"])
+def test_a_corrupt_run_config_beside_the_checkpoint_is_one_line(command, tmp_path: Path, monkeypatch, capsys) -> None:
+    checkpoint = tmp_path / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    run = tmp_path / "version_0" / "config.yaml"
+    run.write_text("data:\n  class_path: [\n")
+    assert run_command([command, "--ckpt", str(checkpoint)], monkeypatch) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {run}: the run's config is not valid YAML (line ") and "\n" not in error
+    run.write_text("- just\n- a list\n")
+    assert run_command([command, "--ckpt", str(checkpoint)], monkeypatch) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {run}: the run's config has no data section; give the data with --data CLASS"
+    )
+
+
+def test_build_cache_composes_fit_configs_and_builds_the_cache_fit_reads(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import yaml
+
+    corpus = tmp_path / "corpus.yaml"
+    corpus.write_text(yaml.safe_dump({"data": {"class_path": "AudioFolderDataModule", "init_args": {
+        "manifest": str(tiny_corpus), "cache_dir": str(tmp_path / "first")}}}))  # fmt: skip
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}, "data": {"init_args": {
+        "cache_dir": str(tmp_path / "cache"), "features": {"n_mfcc": 20, "deltas": 0}}}}))  # fmt: skip
+    assert run_command(["build-cache", str(corpus), str(override), "--workers", "0"], monkeypatch) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["class"] == "AudioFolderDataModule" and sum(built["examples"].values()) > 0
+    assert Path(built["cache"]).parent == tmp_path / "cache" and not (tmp_path / "first").exists()
+    from speechrnn.data import AudioFolderDataModule
+    from speechrnn.features import FeatureSettings
+
+    same = AudioFolderDataModule(
+        manifest=tiny_corpus, cache_dir=tmp_path / "cache", features=FeatureSettings(n_mfcc=20, deltas=0)
+    )
+    same.training_run = True  # as in a fit: the same augmentation and feature path
+    same.setup("fit")
+    assert str(same.cache.directory) == built["cache"]  # the cache a fit with both configs reads
+    missing = tmp_path / "missing.yaml"
+    assert run_command(["build-cache", str(corpus), str(missing)], monkeypatch) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {missing}: cannot read the config: ")

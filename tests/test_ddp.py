@@ -12,7 +12,7 @@ import pytest
 
 from speechrnn import RNNClassifier
 from speechrnn.data import AudioFolderDataModule
-from speechrnn.inference import predict_split
+from speechrnn.split_predictions import predict_split
 from tests.test_cli import fit_args
 
 pytestmark = pytest.mark.slow  # see the README: the fast lane leaves these out

@@ -87,6 +87,7 @@ def reference(checkpoint: Path, waveforms: torch.Tensor, lengths: torch.Tensor) 
     with torch.no_grad():
         batched = model(waveforms, lengths)
     predictor = Predictor.from_checkpoint(checkpoint)
+    assert predictor.normalization == model.normalization == "utterance"
     clips = [wave[:n].numpy() for wave, n in zip(waveforms, lengths, strict=True)]
     alone = torch.stack([predictor.probabilities(clip, 16000) for clip in clips])
     torch.testing.assert_close(batched, alone, rtol=0, atol=ATOL)
@@ -155,7 +156,7 @@ def test_feature_sequence_checkpoint_exports_the_network(checkpoints: dict[str, 
     with pytest.raises(ValueError, match="no audio feature settings"):
         WaveformClassifier.from_checkpoint(path)
     model = exportable(path)
-    assert isinstance(model, FeatureClassifier)
+    assert isinstance(model, FeatureClassifier) and model.normalization == "dataset"
 
     module, metadata = load_torchscript(export_torchscript(path, tmp_path / "features.pt"))
     assert metadata == {"class_names": CLASSES, "task": "classification", "input": "features", "feature_dim": dim}
@@ -165,6 +166,12 @@ def test_feature_sequence_checkpoint_exports_the_network(checkpoints: dict[str, 
         alone = model(features[1:2, :4], lengths[1:2])
     torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
     torch.testing.assert_close(got[1:2], alone, rtol=0, atol=ATOL)
+
+
+def test_the_deployable_graph_loads_nothing_of_the_training_data_layer() -> None:
+    code = "import sys, speechrnn.export; print(sorted(m for m in sys.modules if m.startswith('speechrnn.data')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.strip() == "[]"
 
 
 def test_deltas_dataset_statistics_and_vanilla_rnn_trace_like_the_front_end() -> None:

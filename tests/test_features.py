@@ -10,7 +10,8 @@ import soundfile as sf
 import torch
 
 from speechrnn.audio_io import read_audio
-from speechrnn.features import FeatureSettings, MFCCFrontend, librosa_mfcc, normalize_utterances
+from speechrnn.features import FeatureSettings, MFCCFrontend, librosa_mfcc
+from speechrnn.normalization import normalize_utterances
 from tests.conftest import REAL_DATA, chirp
 
 FSDD_CLIP = REAL_DATA / "fsdd" / "recordings" / "3_theo_7.wav"

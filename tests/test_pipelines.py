@@ -1,30 +1,68 @@
-"""Shipped configs parse against the entry point; pipeline stages run once and resume."""
+"""The scripts in pipelines/ and benchmarks/ share one command line; pipeline stages run once and
+resume; the pipelines run end to end at tiny sizes. (The shipped recipes: tests/test_recipes.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from speechrnn.cli import SpeechRNNCLI
 from speechrnn.stages import Pipeline, markdown_table, prepare
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "pipelines" / "configs").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(
+    path
+    for folder in ("pipelines", "benchmarks")
+    for path in (REPO / folder).glob("*.py")
+    if 'if __name__ == "__main__":' in path.read_text()
+)
 CPU = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.devices", "1"]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_shipped_config_parses_and_instantiates(config: Path, tmp_path: Path, tiny_corpus: Path) -> None:
-    data = yaml.safe_load(config.read_text())["data"]
-    # a recipe for the user's own corpus names a placeholder manifest: give it a real one
-    own = ["--data.manifest", str(tiny_corpus)] if data["class_path"].endswith("AudioFolderDataModule") else []
-    cli = SpeechRNNCLI(args=["--config", str(config), *CPU, "--trainer.default_root_dir", str(tmp_path), *own])
-    assert type(cli.datamodule).__name__ == data["class_path"].rsplit(".", 1)[1]
-    assert cli.model.hparams.num_classes == cli.datamodule.num_classes
-    assert cli.model.hparams.input_size == cli.datamodule.feature_dim
+@pytest.fixture
+def pipelines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipelines' folder first on the path, as when Python runs one of its scripts."""
+    monkeypatch.syspath_prepend(str(REPO / "pipelines"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[f"{s.parent.name}/{s.name}" for s in SCRIPTS])
+def test_every_script_prints_its_options_and_reads_them_back(
+    script: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(script.parent))
+
+    def run(*args: str) -> str:
+        monkeypatch.setattr(sys, "argv", [str(script), *args])
+        with pytest.raises(SystemExit) as exit:
+            runpy.run_path(str(script), run_name="__main__")
+        assert exit.value.code in (0, None), capsys.readouterr().err
+        return capsys.readouterr().out
+
+    assert "--print_config" in run("--help") and "--config" in run("--help")
+    printed = run("--print_config")
+    (tmp_path / "options.yaml").write_text(printed)
+    assert run("--config", str(tmp_path / "options.yaml"), "--print_config") == printed
+
+
+def test_compare_pipelines_selects_by_name_or_letter_and_sends_a_child_one_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import compare_pipelines as compare
+    from common import from_json
+
+    assert [spec.letter for spec in compare.selected("gba")] == ["a", "b", "g"]  # the table's order
+    assert compare.selected(["fit", "naive"]) == compare.selected("af")
+    with pytest.raises(SystemExit, match="no pipeline 'x'"):
+        compare.selected("ax")
+    request = compare.Request("nn_gru", 2, compare.Settings(root="/corpus", steps=3, pipelines=["g"]))
+    assert from_json(compare.Request, json.loads(json.dumps(dataclasses.asdict(request)))) == request
 
 
 def test_pipeline_stages_run_once_and_are_skipped_after(tiny_corpus: Path, tmp_path: Path) -> None:
@@ -52,8 +90,8 @@ def test_markdown_table_formats_floats() -> None:
 
 
 @pytest.mark.slow
-def test_seed_systems_run_end_to_end_and_report_each_metric(tmp_path: Path) -> None:
-    from pipelines.seeds import main as seeds
+def test_seed_systems_run_end_to_end_and_report_each_metric(tmp_path: Path, pipelines: None) -> None:
+    from run_seeds import main as seeds
 
     seeds(quick=True, workdir=tmp_path / "seeds")
     rows = [line for line in (tmp_path / "seeds" / "report.md").read_text().splitlines() if line.startswith("| ")]
@@ -63,8 +101,8 @@ def test_seed_systems_run_end_to_end_and_report_each_metric(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_vad_pipeline_reports_frames_plots_a_clip_and_streams_like_offline(tmp_path: Path) -> None:
-    from pipelines.vad import main as vad
+def test_vad_pipeline_reports_frames_plots_a_clip_and_streams_like_offline(tmp_path: Path, pipelines: None) -> None:
+    from run_vad import main as vad
 
     config = tmp_path / "vad.yaml"
     config.write_text(yaml.safe_dump({
@@ -76,7 +114,7 @@ def test_vad_pipeline_reports_frames_plots_a_clip_and_streams_like_offline(tmp_p
         "model": {"cell": "gru", "hidden_size": 16, "num_layers": 1, "bidirectional": False},
         "trainer": {"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False},
     }))  # fmt: skip
-    streaming = vad(["--config", str(config), "--workdir", str(tmp_path / "work"), "--chunk-frames", "7"])
+    streaming = vad(recipes=[str(config)], workdir=tmp_path / "work", chunk_frames=7)
     assert streaming["clips"] == 15 and streaming["same_decisions"] == 1.0
     assert streaming["max_abs_logit_difference"] < 1e-4
     assert (tmp_path / "work" / "vad_clip.png").read_bytes()[:4] == b"\x89PNG"
@@ -88,8 +126,10 @@ def test_vad_pipeline_reports_frames_plots_a_clip_and_streams_like_offline(tmp_p
 
 
 @pytest.mark.slow
-def test_fsdd_pipeline_adapts_each_held_out_speaker_and_reports_both(tmp_path: Path) -> None:
-    from pipelines.fsdd import main as fsdd
+def test_fsdd_pipeline_adapts_each_held_out_speaker_and_reports_both(tmp_path: Path, pipelines: None) -> None:
+    from recipes import command_line
+    from run_fsdd import main as fsdd
+
     from tests.data.test_fsdd import write_fsdd
 
     recordings = write_fsdd(tmp_path / "recordings", speakers=("alice", "bob", "carol"), indices=4)
@@ -105,8 +145,9 @@ def test_fsdd_pipeline_adapts_each_held_out_speaker_and_reports_both(tmp_path: P
         "trainer": {"max_epochs": 8, "enable_progress_bar": False, "enable_model_summary": False},
     }))  # fmt: skip
     work = tmp_path / "work"
-    args = ["--config", str(config), "--loso-config", str(config), "--workdir", str(work), "--skip-official"]
-    report = fsdd([*args, "--speakers", "bob", "--", *CPU])
+    recipes = json.dumps([str(config)])
+    args = ["--recipes", recipes, "--loso_recipes", recipes, "--workdir", str(work), "--official", "false"]
+    report = command_line(fsdd, None, [*args, "--speakers+", "bob", "--", *CPU])
     rows = [line.split(" | ") for line in report.read_text().splitlines() if line.startswith("| leave")]
     assert [row[0] for row in rows] == [
         "| leave bob out", "| leave-one-speaker-out mean", "| leave-one-speaker-out worst",
@@ -120,4 +161,4 @@ def test_fsdd_pipeline_adapts_each_held_out_speaker_and_reports_both(tmp_path: P
         assert float(row[3].rstrip(" |")) == pytest.approx(adaptation["accuracy_after"], abs=1e-4)
     assert adaptation["rounds"][0]["clips"] == 40  # bob's 10 digits x 4 recordings, all of them considered
     assert (work / "confusion-bob.csv").is_file() and (work / "confusion-bob-adapted.csv").is_file()
-    assert fsdd([*args, "--speakers", "bob", "--", *CPU]).read_text() == report.read_text()  # stages skipped
+    assert command_line(fsdd, None, [*args, "--speakers+", "bob", "--", *CPU]).read_text() == report.read_text()

@@ -17,12 +17,14 @@ from torch.utils.data import DataLoader
 
 from speechrnn.audio_io import AudioError, read_audio
 from speechrnn.data.augment import WARP_GRID, AugmentedStatistics, Augmenter, AugmentSettings
-from speechrnn.data.base import FrameMoments, PadCollate, Record, SequenceDataModuleBase, SequenceDataset
+from speechrnn.data.base import PadCollate, SequenceDataModuleBase, SequenceDataset
 from speechrnn.data.defaults import CPU_WAVEFORM_AUGMENT_MINUTES, choose_augmentation, training_audio_minutes
+from speechrnn.data.records import Record
 from speechrnn.data.storage.bucketing import BucketBatchSampler
 from speechrnn.data.storage.feature_cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
 from speechrnn.errors import ConfigError, UserInputError
-from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
+from speechrnn.features import FeatureSettings, MFCCFrontend
+from speechrnn.normalization import FrameMoments, Normalization, standardize
 
 OnError = Literal["raise", "skip"]
 LongClips = Literal["error", "crop"]
@@ -227,6 +229,13 @@ class AudioDataModule(SequenceDataModuleBase):
             speakers_known = all(r.speaker for r in records)
             self.features = self.features.with_normalization(speakers_known)
             self._note_default(f"{self.features.normalize} normalisation" + (" (speakers known)" * speakers_known))
+
+    @property
+    def normalization(self) -> Normalization:
+        """``features.normalize``, with ``auto`` decided from the records on first use."""
+        if self.features.normalize == "auto":
+            self._decide_normalization(self.records)
+        return self.features.normalize
 
     @property
     def augment(self) -> AugmentSettings:

@@ -1,4 +1,6 @@
-"""What every speechrnn DataModule shares: records, honest splits, normalisation and batching.
+"""What every speechrnn DataModule shares: the examples, their splits (the policy is
+:mod:`speechrnn.data.splits`), normalisation statistics (the maths is :mod:`speechrnn.normalization`)
+and variable-length batching.
 
 Batch structure (all DataModules): ``(features, lengths, labels, indices)`` with
 ``features: (batch, time, features) float32`` zero-padded after each sequence's end,
@@ -10,86 +12,35 @@ prediction back to its file and speaker.
 
 from __future__ import annotations
 
-import math
+import inspect
 import warnings
 from abc import abstractmethod
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from speechrnn.data.records import Record
+from speechrnn.data.splits import (
+    SPLITS,
+    Split,
+    assign_splits,
+    check_fractions,
+    check_planned_splits,
+    check_stored_splits,
+    describe_validation,
+    fraction_hint,
+    require_trained_classes,
+)
 from speechrnn.data.storage.bucketing import BucketBatchSampler
 from speechrnn.data.storage.feature_cache import FeatureStore
 from speechrnn.errors import ConfigError, UserInputError
-from speechrnn.features import FeatureSettings, standardize
-from speechrnn.padding import PADDED_CLASS, lengths_mask
-
-Split = Literal["train", "val", "test"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One example: where its data comes from, its label and, when known, its speaker and split."""
-
-    source: str
-    label: str
-    speaker: str | None = None
-    split: str | None = None
-    segments: tuple[tuple[float, float], ...] | None = None
-    """Where the labelled sound (speech) is, ``(start, end)`` seconds each; None when unknown."""
-
-
-def assign_splits(
-    records: list[Record], val_fraction: float, test_fraction: float, seed: int, stratify: bool = True
-) -> list[str]:
-    """Split of each record: the record's own when every record has one; otherwise speaker-disjoint
-    when speakers are known (whole speakers go to val/test); otherwise random, stratified by label
-    when ``stratify``."""
-    with_split = sum(1 for r in records if r.split)
-    if 0 < with_split < len(records):
-        missing = next(r.source for r in records if not r.split)
-        raise ValueError(
-            f"{len(records) - with_split} of {len(records)} examples have no split (e.g. {missing}); "
-            "give every example a split or none"
-        )
-    if records and with_split:
-        unknown = sorted({r.split for r in records} - set(SPLITS))
-        if unknown:
-            raise ValueError(f"unknown split names {unknown}; use train, val or test")
-        return [r.split for r in records]  # type: ignore[misc]
-    rng = np.random.default_rng(seed)
-    if records and all(r.speaker for r in records):
-        speakers = sorted({r.speaker for r in records})  # type: ignore[type-var]
-        rng.shuffle(speakers)
-        n_test = max(1, round(test_fraction * len(speakers))) if test_fraction > 0 else 0
-        n_val = max(1, round(val_fraction * len(speakers))) if val_fraction > 0 else 0
-        if n_test + n_val >= len(speakers):
-            raise ValueError(
-                f"{len(speakers)} speakers cannot give speaker-disjoint train/val/test splits with "
-                f"val_fraction={val_fraction} and test_fraction={test_fraction}"
-            )
-        split_of = {s: "test" for s in speakers[:n_test]}
-        split_of.update({s: "val" for s in speakers[n_test : n_test + n_val]})
-        return [split_of.get(r.speaker, "train") for r in records]  # type: ignore[arg-type]
-    splits = ["train"] * len(records)
-    by_label: dict[str, list[int]] = {}
-    for position, record in enumerate(records):
-        by_label.setdefault(record.label if stratify else "", []).append(position)
-    for label in sorted(by_label):
-        positions = np.array(by_label[label])
-        rng.shuffle(positions)
-        n_test = math.floor(test_fraction * len(positions) + 0.5)
-        n_val = math.floor(val_fraction * len(positions) + 0.5)
-        for p in positions[:n_test]:
-            splits[p] = "test"
-        for p in positions[n_test : n_test + n_val]:
-            splits[p] = "val"
-    return splits
+from speechrnn.features import FeatureSettings
+from speechrnn.normalization import FrameMoments, Normalization, standardize
+from speechrnn.padding import PADDED_CLASS
 
 
 class SequenceDataset(Dataset):
@@ -180,13 +131,7 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             seed: Seed of the split and of the batch order.
         """
         super().__init__()
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 <= value < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {value}")
-        if val_fraction + test_fraction >= 1:
-            raise ConfigError(
-                f"val_fraction + test_fraction must leave data to train on, got {val_fraction} + {test_fraction}"
-            )
+        check_fractions(val_fraction, test_fraction)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if max_frames is not None and max_frames < 1:
@@ -208,12 +153,12 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
         self.speaker_statistics: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        """Per-speaker feature mean and deviation when ``features.normalize`` is ``speaker``."""
+        """Per-speaker feature mean and deviation when :attr:`normalization` is ``speaker``."""
         self._item_statistics: tuple[np.ndarray, np.ndarray] | None = None
         self.speaker_groups: np.ndarray | None = None
         """Position in ``sorted(speaker_statistics)`` of each stored sequence's speaker."""
         self.validation = ""
-        """What validation measures (:meth:`describe_validation`), set by :meth:`setup`."""
+        """What validation measures (:func:`~speechrnn.data.splits.describe_validation`), set by :meth:`setup`."""
         self.required_splits: tuple[Split, ...] = ("train",)
         """Splits that must hold data; ``python -m speechrnn.fit`` needs all three (it validates on
         ``val`` and tests the best checkpoint on ``test``), and says so before any work."""
@@ -246,14 +191,12 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         return "classification"
 
     @property
-    def normalize_with_dataset_stats(self) -> bool:
+    def normalization(self) -> Normalization:
+        """How batches are normalised (:mod:`speechrnn.normalization`): ``utterance`` (each clip, by
+        the front end), ``speaker``, ``dataset`` (training-split statistics) or ``none``. The feature
+        settings' ``normalize`` here; subclasses without audio settings say their own."""
         settings = self.feature_settings
-        return settings is not None and settings.normalize == "dataset"
-
-    @property
-    def normalize_per_speaker(self) -> bool:
-        settings = self.feature_settings
-        return settings is not None and settings.normalize == "speaker"
+        return "none" if settings is None else settings.normalize
 
     # --- derived ------------------------------------------------------------------------------
     @property
@@ -302,6 +245,12 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             "validation": self.validation,
         }
 
+    def common_options(self) -> dict[str, Any]:
+        """This DataModule's options of :class:`SequenceDataModuleBase` (batching, split fractions,
+        seed) by name, to build another DataModule that batches and splits the same way."""
+        names = inspect.signature(SequenceDataModuleBase.__init__).parameters
+        return {name: getattr(self, name) for name in names if name != "self"}
+
     def record_splits(self, records: list[Record]) -> list[str]:
         """The split of each record (from the data, or assigned with ``seed``)."""
         return assign_splits(
@@ -310,11 +259,11 @@ class SequenceDataModuleBase(pl.LightningDataModule):
 
     def check_plan(self, records: list[Record] | None = None) -> list[str]:
         """Check, from the list of examples alone (no audio read), that the run can work: at least
-        two classes, every class in training, and data in each of :attr:`required_splits`.
-        Returns the split of each record."""
+        two classes, every class in training, data in each of :attr:`required_splits`, and every
+        speaker known when normalising per speaker. Returns the split of each record."""
         records = self.records if records is None else records
         name = type(self).__name__
-        if self.normalize_per_speaker:
+        if self.normalization == "speaker":
             unknown = [r.source for r in records if not r.speaker]
             if unknown:
                 raise UserInputError(
@@ -322,30 +271,13 @@ class SequenceDataModuleBase(pl.LightningDataModule):
                     f"none, e.g. {unknown[0]}"
                 )
         splits = self.record_splits(records)
-        if self.task == "classification":
-            labels = sorted({r.label for r in records})
-            if len(labels) < 2:
-                raise UserInputError(
-                    f"{name}: the data has one class only ({labels[0]!r}); classification needs two or more"
-                )
-            in_train = {r.label for r, split in zip(records, splits, strict=True) if split == "train"}
-            missing = [label for label in labels if label not in in_train]
-            if missing:
-                raise UserInputError(f"{name}: classes with no training examples: {missing}")
-        for split in self.required_splits:
-            if split not in splits:
-                raise UserInputError(f"{name}: the {split} split would have no data{self._split_hint(split)}")
+        classification = self.task == "classification"
+        check_planned_splits(name, records, splits, self.required_splits, classification, self._split_hint)
         return splits
 
     def _split_hint(self, split: str) -> str:
-        if split == "train":
-            return ""
-        fraction = getattr(self, f"{split}_fraction", None)
-        option = f"; {split}_fraction is {fraction}" if fraction is not None else ""
-        return (
-            f"{option} (python -m speechrnn.fit validates on val and tests the best checkpoint on test: "
-            f"give the data a {split} split or a {split}_fraction > 0)"
-        )
+        """What to change when ``split`` would be empty (:func:`~speechrnn.data.splits.fraction_hint`)."""
+        return fraction_hint(split, getattr(self, f"{split}_fraction", None))
 
     # --- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -357,13 +289,14 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         stored_splits = np.array([record_splits[p] for p in self.store_records])
         self.splits = {name: np.flatnonzero(stored_splits == name) for name in SPLITS}
         self._check_splits()
-        self.validation, shared = self.describe_validation()
+        self.validation, shared = describe_validation(self._speakers("train"), self._speakers("val"))
         if shared:
             warnings.warn(f"{type(self).__name__}: validation {self.validation}", stacklevel=2)
-        if self.normalize_with_dataset_stats or self.use_dataset_stats():
+        normalization = self.normalization
+        if normalization == "dataset":
             mean, std = self.group_statistics(self.splits["train"], np.zeros(len(self.splits["train"]), np.int64))
             self.feature_mean, self.feature_std = mean[0], std[0]
-        if self.normalize_per_speaker:
+        elif normalization == "speaker":
             self._set_speaker_statistics()
 
     def _set_speaker_statistics(self) -> None:
@@ -392,48 +325,21 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         self._item_statistics = (mean[group], std[group])
         self.speaker_groups = group
 
-    def describe_validation(self) -> tuple[str, bool]:
-        """What the validation split measures, in words for the run's report (accuracy on voices
-        never heard in training, or on voices it was trained on), and whether it shares speakers
-        with training."""
-        speakers = {
-            split: {self.records[self.store_records[i]].speaker for i in self.splits[split]}
-            for split in ("train", "val")
-        }
-        if not speakers["val"]:
-            return "none (no validation split)", False
-        if None in speakers["train"] | speakers["val"]:
-            return "speakers unknown (cannot tell whether validation voices were heard in training)", False
-        shared = speakers["train"] & speakers["val"]
-        if not shared:
-            names = sorted(speakers["val"])  # type: ignore[type-var]
-            listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            return f"speaker-disjoint ({len(names)} speaker(s) never heard in training: {listed})", False
-        return (
-            f"shares {len(shared)} of {len(speakers['val'])} speaker(s) with training: checkpoint selection and "
-            "early stopping track accuracy on voices the model was trained on, which overstates new-speaker accuracy",
-            True,
-        )
-
-    def use_dataset_stats(self) -> bool:
-        """Whether batches are normalised with training-split statistics (subclasses may override)."""
-        return False
+    def _speakers(self, split: str) -> set[str | None]:
+        """Speakers of the stored sequences of ``split`` (None for an unknown one)."""
+        return {self.record_of(i).speaker for i in self.splits[split]}
 
     def _check_splits(self) -> None:
         """After the store is built: every needed split still has data and, for classification of
         whole sequences, every class is known and has training examples."""
-        for split in self.required_splits:
-            if len(self.splits[split]) == 0:
-                raise UserInputError(f"{type(self).__name__}: the {split} split has no data left after skipped files")
+        name = type(self).__name__
+        check_stored_splits(name, self.splits, self.required_splits)
         if self.task != "classification":
             return
         unknown = sorted({r.label for r in self.records} - set(self.class_names))
         if unknown:
-            raise ValueError(f"{type(self).__name__}: labels not among the classes {self.class_names}: {unknown}")
-        train_labels = Counter(self.records[self.store_records[i]].label for i in self.splits["train"])
-        missing = [name for name in self.class_names if train_labels[name] == 0]
-        if missing:
-            raise UserInputError(f"{type(self).__name__}: classes with no training examples: {missing}")
+            raise ValueError(f"{name}: labels not among the classes {self.class_names}: {unknown}")
+        require_trained_classes(name, self.class_names, (self.record_of(i).label for i in self.splits["train"]))
 
     def group_statistics(self, indices: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-feature mean and deviation ``(G, F)`` float32 over the frames of the stored sequences
@@ -441,8 +347,7 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         moments = FrameMoments(int(groups.max()) + 1 if len(groups) else 1, self.feature_dim)
         assert self.store is not None
         for index, group in zip(indices, groups, strict=True):
-            frames = torch.from_numpy(np.asarray(self.store[int(index)], dtype=np.float64))
-            moments.add(frames[None], torch.tensor([len(frames)]), torch.tensor([int(group)]))
+            moments.add_sequence(self.store[int(index)], group)
         return moments.result()
 
     def batch_statistics(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -517,18 +422,7 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         shuffle = split == "train" if shuffle is None else shuffle
         trainer = getattr(self, "trainer", None)
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None and shard else (1, 0)
-        sampler = BucketBatchSampler(
-            dataset.lengths if self.bucketing else np.zeros(len(dataset), np.int64),
-            batch_size=self.batch_size,
-            max_frames=self.max_frames,
-            shuffle=shuffle,
-            seed=self.seed,
-            num_replicas=replicas,
-            rank=rank,
-            bucket_size_multiplier=self.bucket_size_multiplier if self.bucketing else 1,
-            even_shards=split == "train",
-        )
-        return self._loader(dataset, sampler, collate)
+        return self._loader(dataset, shuffle, collate, replicas, rank, even_shards=split == "train")
 
     def subset_dataloader(self, indices: np.ndarray, collate: PadCollate | None = None) -> DataLoader:
         """Batches of the stored sequences ``indices`` (e.g. one voice's clips, whatever their split),
@@ -538,17 +432,30 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         if not hasattr(self, "_targets"):
             self._targets = self.targets()
         dataset = SequenceDataset(self.store, np.asarray(indices, dtype=np.int64), self._targets)
+        return self._loader(dataset, False, collate)
+
+    def _loader(
+        self,
+        dataset: SequenceDataset,
+        shuffle: bool,
+        collate: PadCollate | None,
+        replicas: int = 1,
+        rank: int = 0,
+        even_shards: bool = True,
+    ) -> DataLoader:
+        """``dataset`` in bucketed batches (:class:`BucketBatchSampler` with this DataModule's batching
+        options), padded by ``collate`` (default: :meth:`collate`); ``replicas`` and ``rank`` shard it."""
         sampler = BucketBatchSampler(
             dataset.lengths if self.bucketing else np.zeros(len(dataset), np.int64),
             batch_size=self.batch_size,
             max_frames=self.max_frames,
-            shuffle=False,
+            shuffle=shuffle,
             seed=self.seed,
+            num_replicas=replicas,
+            rank=rank,
             bucket_size_multiplier=self.bucket_size_multiplier if self.bucketing else 1,
+            even_shards=even_shards,
         )
-        return self._loader(dataset, sampler, collate)
-
-    def _loader(self, dataset: SequenceDataset, sampler: BucketBatchSampler, collate: PadCollate | None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -578,27 +485,3 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         if state_dict.get("feature_mean") is not None:
             self.feature_mean = np.asarray(state_dict["feature_mean"], np.float32)
             self.feature_std = np.asarray(state_dict["feature_std"], np.float32)
-
-
-class FrameMoments:
-    """Running per-group sums of feature frames, for means and deviations over many padded batches."""
-
-    def __init__(self, groups: int, dim: int) -> None:
-        self.total = torch.zeros(groups, dim, dtype=torch.float64)
-        self.total_sq = torch.zeros(groups, dim, dtype=torch.float64)
-        self.count = torch.zeros(groups, dtype=torch.float64)
-
-    def add(self, features: torch.Tensor, lengths: torch.Tensor, groups: torch.Tensor) -> None:
-        """Add the valid frames of ``features (B, T, F)`` to each row's group ``(B,)``."""
-        valid = lengths_mask(lengths, features.shape[1], features.device).unsqueeze(-1)
-        frames = (features.double() * valid).cpu()
-        self.total.index_add_(0, groups.cpu(), frames.sum(1))
-        self.total_sq.index_add_(0, groups.cpu(), frames.square().sum(1))
-        self.count.index_add_(0, groups.cpu(), lengths.cpu().double())
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(mean, std + 1e-5)`` per group, float32 ``(G, F)``."""
-        count = self.count.clamp_min(1)[:, None]
-        mean = self.total / count
-        std = (self.total_sq / count - mean.square()).clamp_min(0).sqrt() + 1e-5
-        return mean.float().numpy(), std.float().numpy()

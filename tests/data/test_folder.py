@@ -8,7 +8,8 @@ import soundfile as sf
 import torch
 
 from speechrnn.data import AudioFolderDataModule
-from speechrnn.data.base import Record, assign_splits
+from speechrnn.data.records import Record
+from speechrnn.data.splits import assign_splits
 from speechrnn.features import FeatureSettings
 from tests.conftest import CLASSES, write_corpus
 

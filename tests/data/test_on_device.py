@@ -14,6 +14,15 @@ from speechrnn.data.augment import Augmenter, AugmentSettings, shift_sequences
 from speechrnn.features import FeatureSettings
 
 
+def assert_mixed_at_snr(clean: torch.Tensor, noisy: torch.Tensor, lengths: torch.Tensor, snr_db: float) -> None:
+    """Each clip of ``noisy`` is its ``clean`` clip plus noise at ``snr_db``, and stays zero past its length."""
+    for row, length in enumerate(lengths.tolist()):
+        signal = clean[row, :length].square().mean()
+        noise = (noisy[row, :length] - clean[row, :length]).square().mean()
+        assert 10 * torch.log10(signal / noise) == pytest.approx(snr_db, abs=0.01)
+        assert torch.all(noisy[row, length:] == 0)
+
+
 @pytest.mark.parametrize("settings", [FeatureSettings(), FeatureSettings(deltas=2, normalize="dataset")])
 def test_on_device_features_equal_the_cached_features(tiny_corpus: Path, tmp_path: Path, settings) -> None:
     cached = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=tmp_path / "c", features=settings, batch_size=5)
@@ -52,11 +61,7 @@ def test_noise_is_mixed_at_the_requested_snr(tmp_path: Path) -> None:
     clean = clean * (torch.arange(8000)[None] < lengths[:, None])
     noisy, new_lengths = augmenter.waveforms(clean, lengths, 400)
     assert torch.equal(new_lengths, lengths)
-    for row, length in enumerate(lengths.tolist()):
-        signal = clean[row, :length].square().mean()
-        noise = (noisy[row, :length] - clean[row, :length]).square().mean()
-        assert 10 * torch.log10(signal / noise) == pytest.approx(10.0, abs=0.01)
-        assert torch.all(noisy[row, length:] == 0)
+    assert_mixed_at_snr(clean, noisy, lengths, 10.0)
 
 
 def test_augmentation_is_seeded_and_training_only(tiny_corpus: Path, tmp_path: Path) -> None:

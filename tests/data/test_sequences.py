@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from speechrnn.data import SequenceDataModule
+from speechrnn.errors import ConfigError
 from speechrnn.fit import main
 
 
@@ -37,6 +38,19 @@ def test_from_arrays_normalises_with_training_statistics_only() -> None:
     assert torch.all(features[lengths.argmin(), int(lengths.min()) :] == 0)
     assert dm.state_dict()["feature_mean"] == pytest.approx(dm.feature_mean.tolist())
     assert sum(len(v) for v in dm.splits.values()) == 40 and len(dm.splits["test"]) == 8
+
+
+@pytest.mark.parametrize(
+    "normalize, expected", [("dataset", "dataset"), (True, "dataset"), ("none", "none"), (False, "none")]
+)
+def test_normalize_takes_the_shared_modes_and_the_older_booleans(normalize: str | bool, expected: str) -> None:
+    sequences, labels = random_walks(20, np.random.default_rng(3))
+    dm = SequenceDataModule.from_arrays(sequences, labels, normalize=normalize)
+    dm.setup("fit")
+    assert dm.normalization == expected and (dm.feature_mean is not None) == (expected == "dataset")
+    assert SequenceDataModule().normalization == "dataset", "the default keeps the training split's statistics"
+    with pytest.raises(ConfigError, match="normalize must be 'dataset' or 'none'.*got 'speaker'"):
+        SequenceDataModule(normalize="speaker")
 
 
 def test_groups_give_disjoint_splits_and_regression_targets_are_floats() -> None:

@@ -89,14 +89,16 @@ def speaker_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 
 def test_inference_with_a_new_speakers_recordings_equals_evaluation(speaker_checkpoint) -> None:
-    from speechrnn.inference import Predictor, predict_split
+    from speechrnn.inference import Predictor
     from speechrnn.models.classifier import RNNClassifier
+    from speechrnn.split_predictions import predict_split
 
     checkpoint, manifest, cache = speaker_checkpoint
     model = RNNClassifier.from_checkpoint(checkpoint)
     dm = module(manifest, cache, SPEAKER)
     _, probabilities, sources, speakers, _ = predict_split(model, dm, "test")
     predictor = Predictor(model)
+    assert predictor.normalization == dm.normalization == "speaker"
     with pytest.raises(ValueError, match="normalises features per speaker"):
         predictor.predict_file(sources[0])
     for speaker in sorted(set(speakers)):

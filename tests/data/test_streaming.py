@@ -344,15 +344,12 @@ def test_two_processes_share_the_epoch_and_resume_it(source: SequenceDataModule,
         assert seen == list(range(offset, offset + len(source.splits[split])))
 
 
-def test_pipeline_builds_shards_from_audio_and_fit_trains_and_tests_on_them(
-    tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``build_cache.py --format litdata`` writes the audio DataModule's own cached features;
+def test_pipeline_builds_shards_from_audio_and_fit_trains_and_tests_on_them(tiny_corpus: Path, tmp_path: Path) -> None:
+    """``speechrnn build-cache --format litdata`` writes the audio DataModule's own cached features;
     ``speechrnn.fit --data ShardedDataModule`` trains, tests and reports from the shards alone."""
-    import runpy
-
     import yaml
 
+    from speechrnn.build_cache import main as build_cache
     from speechrnn.data import AudioFolderDataModule
     from speechrnn.features import FeatureSettings
     from speechrnn.fit import main
@@ -363,12 +360,7 @@ def test_pipeline_builds_shards_from_audio_and_fit_trains_and_tests_on_them(
     data = {"class_path": "speechrnn.data.AudioFolderDataModule", "init_args": init}
     config.write_text(yaml.safe_dump({"data": data}))
     output = tmp_path / "shards"
-    script = Path(__file__).parents[2] / "pipelines" / "build_cache.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "--config", str(config), "--workers", "0", "--format", "litdata",
-                                      "--output", str(output)])  # fmt: skip
-    with pytest.raises(SystemExit) as exit_status:
-        runpy.run_path(str(script), run_name="__main__")
-    assert exit_status.value.code == 0
+    build_cache([str(config), "--workers", "0", "--format", "litdata", "--output", str(output)])
 
     audio = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=cache, features=FeatureSettings(normalize="dataset"))
     audio.setup("fit")
@@ -430,7 +422,7 @@ def test_two_process_fit_on_shards_tests_every_clip_once(shards: Path, tmp_path:
     import subprocess
 
     from speechrnn import RNNClassifier
-    from speechrnn.inference import predict_split
+    from speechrnn.split_predictions import predict_split
 
     args = ["--data", "ShardedDataModule", "--data.path", str(shards), "--data.batch_size", "4",
             "--data.max_frames", "60", "--trainer.max_steps", "40", "--trainer.max_epochs", "2",

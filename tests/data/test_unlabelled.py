@@ -15,7 +15,6 @@ from speechrnn.audio_io import AudioError, audio_files
 from speechrnn.data import AudioFolderDataModule
 from speechrnn.data.audio_base import extract_features_batch
 from speechrnn.data.augment import AugmentSettings
-from speechrnn.data.base import FrameMoments
 from speechrnn.data.corpora.unlabelled import (
     UNLABELLED,
     ChainedFeatureStore,
@@ -24,7 +23,8 @@ from speechrnn.data.corpora.unlabelled import (
 )
 from speechrnn.data.storage.feature_cache import ConcatenatedFeatureStore
 from speechrnn.errors import UserInputError
-from speechrnn.features import FeatureSettings, standardize
+from speechrnn.features import FeatureSettings
+from speechrnn.normalization import FrameMoments, standardize
 from tests.conftest import CLASSES, chirp, write_corpus
 
 

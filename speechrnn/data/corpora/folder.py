@@ -12,7 +12,7 @@ from typing import Any
 
 from speechrnn.audio_io import AUDIO_EXTENSIONS
 from speechrnn.data.audio_base import AudioDataModule, OnError
-from speechrnn.data.base import Record
+from speechrnn.data.records import Record
 from speechrnn.errors import MissingInputError, UserInputError
 
 

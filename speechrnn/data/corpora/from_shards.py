@@ -1,5 +1,5 @@
 """``ShardedDataModule``: train from LitData shards in a local folder or a bucket, on any number of
-machines, without the audio (``pipelines/build_cache.py --format litdata`` writes them)."""
+machines, without the audio (``speechrnn build-cache --format litdata`` writes them)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from speechrnn.data.base import SPLITS, PadCollate, Record, SequenceDataModuleBase, Split
+from speechrnn.data.base import PadCollate, SequenceDataModuleBase
+from speechrnn.data.records import Record
+from speechrnn.data.splits import SPLITS, Split
 from speechrnn.data.storage.shards import ShardFeatureStore, ShardIndex, ShardRecords, open_split
 from speechrnn.data.storage.stream_batches import StreamBatches
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings
+from speechrnn.normalization import Normalization, normalization_of
 
 
 class ShardedDataModule(SequenceDataModuleBase):
@@ -82,6 +85,11 @@ class ShardedDataModule(SequenceDataModuleBase):
     def feature_settings(self) -> FeatureSettings | None:
         settings = self.index.data_config.get("features")
         return None if settings is None else FeatureSettings.from_dict(settings)
+
+    @property
+    def normalization(self) -> Normalization:
+        """That of the DataModule the shards were built from (its statistics come with them)."""
+        return normalization_of(self.index.data_config)
 
     def load_records(self) -> list[Record]:
         return [self.record_of(i) for i in range(sum(self.index.counts.values()))]

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import numpy as np
 
 from speechrnn.data.audio_base import AudioDataModule
-from speechrnn.data.base import Record
 from speechrnn.data.corpora.locations import corpus_root
+from speechrnn.data.records import Record
 from speechrnn.errors import MissingInputError
 from speechrnn.io import atomic_directory
 

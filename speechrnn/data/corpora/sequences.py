@@ -1,7 +1,7 @@
 """``SequenceDataModule``: feature sequences that are not audio (time series, precomputed features).
 
-Same splitting, batching and model as the audio path; per-feature normalisation uses statistics
-of the training split only.
+Same splitting, batching and model as the audio path; per-feature normalisation (``normalize='dataset'``)
+uses statistics of the training split only.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from speechrnn.data.base import Record, SequenceDataModuleBase
+from speechrnn.data.base import SequenceDataModuleBase
+from speechrnn.data.records import Record
 from speechrnn.data.storage.feature_cache import ConcatenatedFeatureStore
-from speechrnn.errors import MissingInputError, UserInputError
+from speechrnn.errors import ConfigError, MissingInputError, UserInputError
+from speechrnn.normalization import Normalization
 
 SequenceTask = Literal["classification", "regression", "frame_classification", "frame_regression"]
 
@@ -127,7 +129,7 @@ class SequenceDataModule(SequenceDataModuleBase):
         self,
         path: str | os.PathLike | None = None,
         task: SequenceTask = "classification",
-        normalize: bool = True,
+        normalize: Normalization | bool = "dataset",
         **kwargs: Any,
     ) -> None:
         """
@@ -135,7 +137,9 @@ class SequenceDataModule(SequenceDataModuleBase):
             path: ``.npz`` file (see :func:`load_npz`); use :meth:`from_arrays` from Python.
             task: ``classification`` (labels are classes) or ``regression`` (labels are numbers) of
                 whole sequences; ``frame_classification`` / ``frame_regression``: per-step targets.
-            normalize: Standardise each feature with mean and deviation of the training split.
+            normalize: ``dataset`` standardises each feature with the mean and deviation of the
+                training split; ``none`` keeps the values as they are (``True``/``False`` mean the
+                same). Per-utterance and per-speaker normalisation are for audio (``features.normalize``).
             **kwargs: Batching and split options of :class:`SequenceDataModuleBase`.
         """
         super().__init__(**kwargs)
@@ -143,7 +147,14 @@ class SequenceDataModule(SequenceDataModuleBase):
             raise ValueError(f"task must be one of {', '.join(get_args(SequenceTask))}, got {task!r}")
         self.path = path
         self._task = task
-        self.normalize = normalize
+        if isinstance(normalize, bool):
+            normalize = "dataset" if normalize else "none"
+        if normalize not in ("dataset", "none"):
+            raise ConfigError(
+                f"SequenceDataModule: normalize must be 'dataset' or 'none' (per-utterance and per-speaker "
+                f"normalisation are for audio features), got {normalize!r}"
+            )
+        self._normalization: Normalization = normalize
         self._arrays: dict[str, np.ndarray] | None = None
 
     @classmethod
@@ -151,6 +162,7 @@ class SequenceDataModule(SequenceDataModuleBase):
         cls,
         sequences: Sequence[np.ndarray],
         labels: Sequence | None = None,
+        *,
         groups: Sequence[str] | None = None,
         splits: Sequence[str] | None = None,
         targets: Sequence[np.ndarray] | None = None,
@@ -217,8 +229,10 @@ class SequenceDataModule(SequenceDataModuleBase):
             raise UserInputError(f"SequenceDataModule: task {self._task} needs per-step 'targets' in the data")
         return self.arrays["targets"]
 
-    def use_dataset_stats(self) -> bool:
-        return self.normalize
+    @property
+    def normalization(self) -> Normalization:
+        """``dataset`` (training-split statistics) or ``none``, as ``normalize`` said."""
+        return self._normalization
 
     def load_records(self) -> list[Record]:
         arrays = self.arrays

@@ -15,8 +15,9 @@ import numpy as np
 import soundfile as sf
 
 from speechrnn.data.audio_base import AudioDataModule
-from speechrnn.data.base import SPLITS, Record
 from speechrnn.data.corpora.locations import corpus_root
+from speechrnn.data.records import Record
+from speechrnn.data.splits import SPLITS
 from speechrnn.errors import MissingInputError
 from speechrnn.io import atomic_directory
 

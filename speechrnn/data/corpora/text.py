@@ -76,7 +76,7 @@ class CharTextDataModule(SequenceDataModule):
         if chunk_length < 1:
             raise UserInputError(f"chunk_length must be >= 1, got {chunk_length}")
         super().__init__(
-            path=None, task="frame_classification", normalize=False, val_fraction=val_fraction,
+            path=None, task="frame_classification", normalize="none", val_fraction=val_fraction,
             test_fraction=test_fraction, **kwargs,
         )  # fmt: skip
         self.text_path = text_path

@@ -26,10 +26,12 @@ import torch
 
 from speechrnn.audio_io import audio_files
 from speechrnn.data.audio_base import extract_features_batch, extract_waveform
-from speechrnn.data.base import FrameMoments, PadCollate, Record, SequenceDataModuleBase
+from speechrnn.data.base import PadCollate, SequenceDataModuleBase
+from speechrnn.data.records import Record
 from speechrnn.data.storage.feature_cache import ConcatenatedFeatureStore, FeatureStore
 from speechrnn.errors import ConfigError, UserInputError
-from speechrnn.features import FeatureSettings, MFCCFrontend, standardize
+from speechrnn.features import FeatureSettings, MFCCFrontend
+from speechrnn.normalization import FrameMoments, Normalization, standardize
 
 UNLABELLED = -1
 """Stored target of a recording that has no label (never a class index)."""
@@ -90,15 +92,7 @@ class RecordingsDataModule(SequenceDataModuleBase):
     """
 
     def __init__(self, base: SequenceDataModuleBase, voices: Mapping[str, Sequence[str | os.PathLike]]) -> None:
-        super().__init__(
-            batch_size=base.batch_size,
-            max_frames=base.max_frames,
-            bucketing=base.bucketing,
-            num_workers=base.num_workers,
-            val_fraction=base.val_fraction,
-            test_fraction=base.test_fraction,
-            seed=base.seed,
-        )
+        super().__init__(**base.common_options())
         if not voices or not any(voices.values()):
             raise UserInputError("no recordings to adapt to")
         self.base = base
@@ -123,6 +117,10 @@ class RecordingsDataModule(SequenceDataModuleBase):
     @property
     def class_names(self) -> list[str]:
         return self.base.class_names
+
+    @property
+    def normalization(self) -> Normalization:
+        return self.base.normalization
 
     @property
     def on_device_features(self) -> bool:
@@ -174,14 +172,13 @@ class RecordingsDataModule(SequenceDataModuleBase):
         self.splits = {"train": self.base.splits["train"], "val": self.base.splits["val"], "test": recordings}
         self.validation = self.base.validation
         self.feature_mean, self.feature_std = self.base.feature_mean, self.base.feature_std
-        if settings.normalize == "speaker":
+        if self.normalization == "speaker":
             statistics = dict(self.base.speaker_statistics)
             speakers = [record.speaker for record in own]
             names = sorted(set(speakers))  # type: ignore[type-var]
             moments = FrameMoments(len(names), settings.feature_dim)
             for array, speaker in zip(features, speakers, strict=True):
-                frames = torch.from_numpy(np.asarray(array, dtype=np.float64))
-                moments.add(frames[None], torch.tensor([len(frames)]), torch.tensor([names.index(speaker)]))
+                moments.add_sequence(array, names.index(speaker))
             mean, std = moments.result()
             statistics.update({name: (mean[i], std[i]) for i, name in enumerate(names)})
             every = [self.record_of(i).speaker for i in range(len(self.store_records))]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from speechrnn.data.base import SPLITS
+from speechrnn.data.splits import SPLITS
 from speechrnn.data.storage.feature_cache import FeatureStore
 from speechrnn.errors import ConfigError, MissingInputError, UserInputError
 from speechrnn.io import atomic_directory
@@ -117,7 +117,7 @@ class ShardIndex:
             what = "a half-written or interrupted build" if _has_split_data(location, storage_options) else "empty"
             raise MissingInputError(
                 f"{location}: not a finished shard folder (no {INDEX_FILE}; {what}); build it with "
-                "python pipelines/build_cache.py --config CONFIG --format litdata --output FOLDER_OR_URL"
+                "speechrnn build-cache FIT_CONFIG --format litdata --output FOLDER_OR_URL"
             ) from None
         try:
             index = json.loads(text)

@@ -23,6 +23,7 @@ left, on any number of machines as long as processes, workers and batching optio
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterator
@@ -50,6 +51,19 @@ class _Window:
 
 def _first(items: list[Any]) -> Any:
     return items[0]
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The batching of a :class:`StreamBatches`: what a saved position depends on."""
+
+    batch_size: int
+    max_frames: int | None
+    window: int
+    bucketing: bool
+    seed: int
+    world_size: int
+    num_workers: int
 
 
 class StreamBatches:
@@ -86,22 +100,21 @@ class StreamBatches:
         num_workers: int = 0,
         batches_done: Callable[[], int] | None = None,
     ) -> None:
-        self.source = dataset
-        self.collate = collate
-        self.batch_size = batch_size
-        self.max_frames = max_frames if bucketing else None  # as BucketBatchSampler without bucketing
-        self.window = window
-        self.bucketing = bucketing
-        self.training = training
-        self.seed = seed
-        self.num_workers = num_workers
-        self.batches_done = batches_done
-        self.world_size = dataset.distributed_env.world_size
-        if count < self.world_size:
-            raise ValueError(f"{count} clip(s) cannot be shared among {self.world_size} processes")
+        self.source, self.collate, self.training, self.batches_done = dataset, collate, training, batches_done
+        self.config = StreamSettings(
+            batch_size=batch_size,
+            max_frames=max_frames if bucketing else None,  # as BucketBatchSampler without bucketing
+            window=window,
+            bucketing=bucketing,
+            seed=seed,
+            world_size=dataset.distributed_env.world_size,
+            num_workers=num_workers,
+        )
+        if count < self.config.world_size:
+            raise ValueError(f"{count} clip(s) cannot be shared among {self.config.world_size} processes")
         dataset.set_shuffle(training)
         dataset.set_drop_last(False)  # the last process gets the clips left over; training stops at items_per_epoch
-        self.items_per_epoch = count // self.world_size if training else None
+        self.items_per_epoch = count // self.config.world_size if training else None
         self.epoch = 0
         self._yielded = 0
         self._windows: list[_Window] = []
@@ -111,45 +124,39 @@ class StreamBatches:
     @property
     def settings(self) -> dict[str, Any]:
         """What a saved position depends on (checked when one is loaded)."""
-        return {
-            "batch_size": self.batch_size,
-            "max_frames": self.max_frames,
-            "window": self.window,
-            "bucketing": self.bucketing,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "num_workers": self.num_workers,
-        }
+        return dataclasses.asdict(self.config)
 
     def _items(self) -> int:
         if self.items_per_epoch is not None:
             return self.items_per_epoch
-        return self.source.get_len(self.num_workers, 1)
+        return self.source.get_len(self.config.num_workers, 1)
 
     def __len__(self) -> int:
-        if self.max_frames is not None:
+        if self.config.max_frames is not None:
             raise TypeError("batches under a frame budget are counted only as the stream is read")
-        full, rest = divmod(self._items(), self.window)
-        return full * math.ceil(self.window / self.batch_size) + math.ceil(rest / self.batch_size)
+        full, rest = divmod(self._items(), self.config.window)
+        return full * math.ceil(self.config.window / self.config.batch_size) + math.ceil(rest / self.config.batch_size)
 
     def _loader(self) -> Any:
         from litdata import StreamingDataLoader
 
         return StreamingDataLoader(
-            self.source, batch_size=1, num_workers=self.num_workers, collate_fn=_first,
+            self.source, batch_size=1, num_workers=self.config.num_workers, collate_fn=_first,
             shuffle=self.training, drop_last=self.source.drop_last,
         )  # fmt: skip
 
     def _batches(self, items: list[Item], epoch: int, window: int) -> list[list[Item]]:
-        lengths = np.array([len(item[0]) for item in items]) if self.bucketing else np.zeros(len(items), np.int64)
-        cut = bucket_batches(np.arange(len(items)), lengths, len(items), self.batch_size, self.max_frames)
+        lengths = (
+            np.array([len(item[0]) for item in items]) if self.config.bucketing else np.zeros(len(items), np.int64)
+        )
+        cut = bucket_batches(np.arange(len(items)), lengths, len(items), self.config.batch_size, self.config.max_frames)
         if self.training:
-            cut = [cut[i] for i in np.random.default_rng([self.seed, epoch, window]).permutation(len(cut))]
+            cut = [cut[i] for i in np.random.default_rng([self.config.seed, epoch, window]).permutation(len(cut))]
         return [[items[i] for i in batch] for batch in cut]
 
     def _agreed_count(self, count: int) -> int:
         """The number of batches every process yields for this window."""
-        if not (self.training and self.world_size > 1 and self.max_frames is not None):
+        if not (self.training and self.config.world_size > 1 and self.config.max_frames is not None):
             return count  # equal windows give equal counts
         import torch.distributed as dist
 
@@ -161,7 +168,7 @@ class StreamBatches:
     def __iter__(self) -> Iterator[Any]:
         epoch, window, skip, first, before = self._starting_point()
         self.epoch, self._yielded, self._windows, self._finished = epoch, first + skip, [], False
-        left = None if self.items_per_epoch is None else max(0, self.items_per_epoch - window * self.window)
+        left = None if self.items_per_epoch is None else max(0, self.items_per_epoch - window * self.config.window)
         loader = self._loader()
         if window == 0:
             loader.current_epoch = epoch - 1  # its iteration counts up to this epoch
@@ -171,7 +178,7 @@ class StreamBatches:
         while True:
             items = self._read_window(stream, left)
             left = None if left is None else left - len(items)
-            after = copy.deepcopy(loader.state_dict()) if len(items) == self.window else None
+            after = copy.deepcopy(loader.state_dict()) if len(items) == self.config.window else None
             batches = self._batches(items, epoch, window) if items else []
             count = self._agreed_count(len(batches))
             if count == 0:
@@ -191,8 +198,10 @@ class StreamBatches:
         return start["epoch"], start["window"], start["skip"], start["batches"] - start["skip"], start["litdata"]
 
     def _read_window(self, stream: Iterator[dict[str, Any]], left: int | None) -> list[Item]:
-        items = [(raw["features"], raw["target"], int(raw["index"])) for raw in itertools.islice(stream, self.window)]
-        if left is not None and len(items) < min(self.window, left):
+        items = [
+            (raw["features"], raw["target"], int(raw["index"])) for raw in itertools.islice(stream, self.config.window)
+        ]
+        if left is not None and len(items) < min(self.config.window, left):
             rank = self.source.distributed_env.global_rank
             raise RuntimeError(f"process {rank}: LitData's stream ended {left - len(items)} clip(s) early")
         return items
@@ -203,7 +212,7 @@ class StreamBatches:
         if self._resume is not None:
             return copy.deepcopy(self._resume)  # loaded, not yet continued
         done = self.batches_done() if self.batches_done is not None else self._yielded
-        known = None if self.max_frames is not None else len(self)
+        known = None if self.config.max_frames is not None else len(self)
         state: dict[str, Any] = {"epoch": self.epoch, "settings": self.settings}
         if (self._finished and done >= self._yielded) or (known is not None and done >= known):
             return {**state, "finished": True}

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from speechrnn.data.audio_base import AudioDataModule
-from speechrnn.data.base import Record
 from speechrnn.data.corpora.folder import read_manifest
 from speechrnn.data.corpora.synthetic.generator import WORDS, SyntheticCorpusConfig, corpus_is_current, generate_corpus
+from speechrnn.data.records import Record
 
 DEFAULT_ROOT = Path("data/synthetic_commands")
 
@@ -48,12 +48,9 @@ class SyntheticCommandsDataModule(AudioDataModule):
                 :class:`~speechrnn.data.audio_base.AudioDataModule`.
         """
         self.corpus = SyntheticCorpusConfig(
-            num_speakers=num_speakers,
-            repetitions=repetitions,
-            val_speakers=val_speakers,
-            test_speakers=test_speakers,
+            num_speakers=num_speakers, repetitions=repetitions, val_speakers=val_speakers, test_speakers=test_speakers,
             seed=corpus_seed,
-        )
+        )  # fmt: skip
         self.generation_workers = generation_workers
         root = Path(root if root is not None else DEFAULT_ROOT)
         super().__init__(val_fraction=0.0, test_fraction=0.0, **kwargs)

@@ -42,8 +42,8 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
-from speechrnn.data.base import SPLITS
 from speechrnn.data.corpora.folder import format_segments
+from speechrnn.data.splits import SPLITS
 from speechrnn.io import atomic_directory
 
 SAMPLE_RATE = 16000

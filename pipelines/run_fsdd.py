@@ -1,10 +1,10 @@
 """FSDD end to end: prepare -> fit (official split) -> leave-one-speaker-out fits, each adapted
 to its held-out speaker's unlabelled recordings -> report.
 
-    python pipelines/fsdd.py [--config CONFIG] [--loso-config CONFIG]
-                             [--workdir lightning_logs/pipelines/fsdd] [--no-adapt] [-- --data.seed 1 ...]
+    python pipelines/run_fsdd.py [--recipes '[CONFIG, ...]'] [--loso_recipes '[CONFIG, ...]']
+                                 [--workdir lightning_logs/pipelines/fsdd] [--adapt false] [-- --data.seed 1 ...]
 
-Every fit uses the defaults unless a config is given: ``--data FSDDDataModule`` for the official
+Every fit uses the defaults unless recipes are given: ``--data FSDDDataModule`` for the official
 split, ``--data.split speaker --data.test_speakers [SPEAKER]`` for each fold. Every speaker present
 in the data folder is held out once (train on the others, same recipe for every fold, settings
 chosen without looking at the held-out speaker), then the fold's model is
@@ -17,57 +17,70 @@ every fit. Finished stages are skipped when the command is run again.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 from pathlib import Path
 
-from speechrnn.adapt import main as adapt
+from recipes import command_line
+
+from speechrnn.adapt import main as self_train
 from speechrnn.stages import Pipeline, datamodule_from_config, prepare
 
 OFFICIAL = {"class_path": "speechrnn.data.FSDDDataModule", "init_args": {"split": "official"}}
 """The data of the default fits (the official split; folds add ``--data.split speaker``)."""
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Run the pipeline (``argv``: the command line's arguments); returns the report's path."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="recipe of the official-split fit (default: the defaults)")
-    parser.add_argument(
-        "--loso-config", default=None, help="recipe of the leave-one-speaker-out fits (default: the defaults)"
-    )
-    parser.add_argument("--workdir", default="lightning_logs/pipelines/fsdd")
-    parser.add_argument("--skip-official", action="store_true", help="only the leave-one-speaker-out fits")
-    parser.add_argument("--skip-loso", action="store_true", help="only the official split")
-    parser.add_argument("--speakers", nargs="*", help="hold out only these speakers (default: every one)")
-    parser.add_argument("--no-adapt", action="store_true", help="skip self-training on each held-out speaker")
-    args, overrides = parser.parse_known_args(argv)
-    overrides = [o for o in overrides if o != "--"]
+def main(
+    recipes: list[str] | None = None,
+    loso_recipes: list[str] | None = None,
+    workdir: Path = Path("lightning_logs/pipelines/fsdd"),
+    official: bool = True,
+    loso: bool = True,
+    speakers: list[str] | None = None,
+    adapt: bool = True,
+    fit_args: list[str] | None = None,
+) -> Path:
+    """Run the pipeline; returns the report's path.
 
-    pipeline = Pipeline(args.workdir)
-    official_data = args.config or OFFICIAL
-    pipeline.stage("prepare", lambda: prepare(official_data))
+    Args:
+        recipes: Fit configs of the official-split fit, applied in order (default: the defaults).
+        loso_recipes: Fit configs of the leave-one-speaker-out fits, applied in order (default: the
+            defaults, split by speaker).
+        workdir: Where the stages' results, the runs, the confusion matrices and the report go.
+        official: Fit the official split (false: only the leave-one-speaker-out fits).
+        loso: Fit the leave-one-speaker-out folds (false: only the official split).
+        speakers: Hold out only these speakers (default: every one).
+        adapt: Self-train each fold's model on its held-out speaker's recordings.
+        fit_args: Options for every fit (on the command line: the options after ``--``).
+    """
+    fit_args = list(fit_args or [])
+    pipeline = Pipeline(workdir)
+    pipeline.stage("prepare", lambda: prepare(recipes or OFFICIAL))
     rows = []
-    if not args.skip_official:
-        data = [] if args.config else ["--data", OFFICIAL["class_path"]]
-        official = pipeline.fit("fit-official", args.config, [*data, *overrides])
-        rows.append(["official split (index 0-4)", "all", official["metrics"]["test/acc"], "-"])
-    if not args.skip_loso:
-        speakers = args.speakers or datamodule_from_config(args.loso_config or OFFICIAL).speakers
-        data = [] if args.loso_config else ["--data", OFFICIAL["class_path"], "--data.split", "speaker"]
+    if official:
+        data = [] if recipes else ["--data", OFFICIAL["class_path"]]
+        result = pipeline.fit("fit-official", recipes, [*data, *fit_args])
+        rows.append(["official split (index 0-4)", "all", result["metrics"]["test/acc"], "-"])
+    if loso:
+        folds = loso_recipes or OFFICIAL
+        speakers = speakers or datamodule_from_config(folds).speakers
+        by_speaker = ["--data", OFFICIAL["class_path"], "--data.split", "speaker"]
+        data = [] if loso_recipes else by_speaker
         accuracies: dict[str, float] = {}
         adapted: dict[str, float] = {}
         for speaker in speakers:
             result = pipeline.fit(
-                f"fit-loso-{speaker}", args.loso_config, [*data, *overrides, "--data.test_speakers", f"[{speaker}]"]
+                f"fit-loso-{speaker}", loso_recipes, [*data, *fit_args, "--data.test_speakers", f"[{speaker}]"]
             )
             accuracies[speaker] = result["metrics"]["test/acc"]
             copy_confusion(Path(result["run"]) / "report_test", pipeline.workdir / f"confusion-{speaker}.csv")
-            if not args.no_adapt:
+            if adapt:
                 out = pipeline.workdir / f"adapt-loso-{speaker}"
                 summary = pipeline.stage(
                     f"adapt-loso-{speaker}",
-                    lambda checkpoint=result["checkpoint"], out=out: adapt(["--ckpt", checkpoint, "--out", str(out)]),
+                    lambda checkpoint=result["checkpoint"], out=out: self_train(
+                        ["--ckpt", checkpoint, "--out", str(out)]
+                    ),
                 )
                 adapted[speaker] = summary["accuracy_after"]
                 copy_confusion(out / "report_test", pipeline.workdir / f"confusion-{speaker}-adapted.csv")
@@ -84,10 +97,11 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def copy_confusion(report: Path, destination: Path) -> None:
+    """The report's confusion matrix under another name, when the report has one."""
     matrix = report / "confusion_matrix.csv"
     if matrix.is_file():
         shutil.copyfile(matrix, destination)
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main, __doc__)

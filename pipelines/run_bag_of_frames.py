@@ -5,7 +5,7 @@ its test accuracy next to the BiGRU's from a finished ``speechrnn.fit`` run (the
 ``lightning_logs/`` unless ``--run`` says otherwise). The DataModule is rebuilt from that run's
 ``config.yaml``, so both see exactly the same files and split.
 
-    python pipelines/bag_of_frames.py [--run lightning_logs/version_N]
+    python pipelines/run_bag_of_frames.py [--run lightning_logs/version_N]
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ import json
 from pathlib import Path
 
 import yaml
-from jsonargparse import CLI
+from recipes import command_line
 
 from speechrnn.baselines import bag_of_frames_accuracy
 from speechrnn.stages import datamodule_from_config, latest_run
 
 
 def main(run: Path | None = None) -> dict[str, float]:
-    """Args:
-    run: Run folder of a finished ``python -m speechrnn.fit`` (default: the latest).
+    """Print the bag-of-frames baseline's test accuracy beside the run's; returns both.
+
+    Args:
+        run: Run folder of a finished ``python -m speechrnn.fit`` (default: the latest under
+            ``lightning_logs/``).
     """
     run = Path(run) if run is not None else latest_run(Path.cwd())
     data = yaml.safe_load((run / "config.yaml").read_text())["data"]
@@ -38,4 +41,4 @@ def main(run: Path | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    CLI(main)
+    command_line(main, __doc__)

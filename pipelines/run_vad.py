@@ -1,7 +1,7 @@
 """Voice activity detection end to end: prepare -> fit a causal GRU -> frame report, beside an
 energy-threshold detector -> a plot of one test clip -> the same clips streamed chunk by chunk.
 
-    python pipelines/vad.py [--config pipelines/configs/vad.yaml] [--chunk-frames 10]
+    python pipelines/run_vad.py [--recipes '[pipelines/configs/vad.yaml]'] [--chunk_frames 10] [-- FIT OPTIONS]
 
 Frame-level precision, recall and F1 of ``speech`` are computed on the synthetic test speakers
 (never heard in training). Streaming feeds each test clip's features to ``StreamingClassifier`` a
@@ -11,12 +11,13 @@ offline one. Finished stages are skipped on a rerun (``speechrnn.stages.Pipeline
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from jsonargparse.typing import PositiveInt
+from recipes import command_line
 
 from speechrnn.audio_io import read_audio
 from speechrnn.baselines import energy_threshold_vad
@@ -24,7 +25,9 @@ from speechrnn.io import atomic_write_bytes
 from speechrnn.models.classifier import RNNClassifier
 from speechrnn.models.streaming import StreamingClassifier
 from speechrnn.reports import plot_voice_activity
-from speechrnn.stages import Pipeline, datamodule_from_config, prepare
+from speechrnn.stages import Pipeline, data_section, datamodule_from_config, prepare
+
+RECIPES = ["pipelines/configs/vad.yaml"]
 
 
 def test_clips(run: Path, checkpoint: str) -> tuple[RNNClassifier, Any, list[tuple[torch.Tensor, np.ndarray, int]]]:
@@ -40,6 +43,7 @@ def test_clips(run: Path, checkpoint: str) -> tuple[RNNClassifier, Any, list[tup
 
 
 def plot_and_stream(run: Path, checkpoint: str, workdir: Path, chunk_frames: int) -> dict[str, float]:
+    """Stream every test clip ``chunk_frames`` at a time against the offline pass, and plot one clip."""
     model, datamodule, clips = test_clips(run, checkpoint)
     hop = datamodule.features.hop_length / datamodule.features.rate
     stream = StreamingClassifier(model.net)
@@ -71,24 +75,28 @@ def plot_and_stream(run: Path, checkpoint: str, workdir: Path, chunk_frames: int
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage; returns the streaming check."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="pipelines/configs/vad.yaml")
-    parser.add_argument("--workdir", default="lightning_logs/pipelines/vad")
-    parser.add_argument("--chunk-frames", type=int, default=10, help="frames per streamed chunk (10 = 100 ms)")
-    parser.add_argument("overrides", nargs="*", help="extra fit options, e.g. --trainer.max_epochs=2")
-    args = parser.parse_args(argv)
-    if args.chunk_frames < 1:
-        parser.error("--chunk-frames must be >= 1")
+def main(
+    recipes: list[str] = RECIPES,
+    workdir: Path = Path("lightning_logs/pipelines/vad"),
+    chunk_frames: PositiveInt = 10,
+    fit_args: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run every stage; returns the streaming check.
 
-    pipeline = Pipeline(args.workdir)
-    pipeline.stage("prepare", lambda: prepare(args.config))
-    fitted = pipeline.fit("fit", args.config, args.overrides)
-    energy = pipeline.stage("energy_baseline", lambda: energy_threshold_vad(datamodule_from_config(args.config)))
+    Args:
+        recipes: Fit configs applied in order, as ``python -m speechrnn.fit --config A --config B``.
+        workdir: Where the stages' results, the run, the plot and the report go.
+        chunk_frames: Frames per streamed chunk (10 = 100 ms).
+        fit_args: Options for the fit (on the command line: the options after ``--``).
+    """
+    pipeline = Pipeline(workdir)
+    data = data_section(recipes)
+    pipeline.stage("prepare", lambda: prepare(data))
+    fitted = pipeline.fit("fit", recipes, fit_args or [])
+    energy = pipeline.stage("energy_baseline", lambda: energy_threshold_vad(datamodule_from_config(data)))
     streaming = pipeline.stage(
         "plot_and_stream",
-        lambda: plot_and_stream(Path(fitted["run"]), fitted["checkpoint"], pipeline.workdir, args.chunk_frames),
+        lambda: plot_and_stream(Path(fitted["run"]), fitted["checkpoint"], pipeline.workdir, chunk_frames),
     )
     speech = fitted["report"]["per_class"]["speech"]
     rows = [
@@ -105,4 +113,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main, __doc__)

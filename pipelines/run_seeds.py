@@ -1,6 +1,6 @@
 """The project's seed systems, each trained with the package, each printing its final metric.
 
-    python pipelines/seeds.py [--quick true] [--workdir lightning_logs/pipelines/seeds]
+    python pipelines/run_seeds.py [--quick true] [--workdir lightning_logs/pipelines/seeds]
 
 1. Many-to-one regression: a window of a noisy sine -> its next value (``task=regression``).
 2. Per-step time-series prediction: a dense layer on every step of a unidirectional RNN predicts the
@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from recipes import command_line
 
 from speechrnn.data.corpora.sequences import save_npz
 from speechrnn.data.corpora.text import generated_text
@@ -34,6 +35,7 @@ def unigram_bits(text: str) -> float:
 
 
 def noisy_sine(length: int, rng: np.random.Generator, frequency: float | None = None) -> np.ndarray:
+    """``length + 1`` samples of a sine (random phase; ``frequency`` in cycles per sample, else random) in noise."""
     frequency = rng.uniform(0.05, 0.15) if frequency is None else frequency
     t = np.arange(length + 1)
     return np.sin(2 * np.pi * frequency * t + rng.uniform(0, 2 * np.pi)) + 0.05 * rng.standard_normal(length + 1)
@@ -58,10 +60,12 @@ def write_datasets(folder: Path, count: int, seed: int = 0) -> dict[str, Path]:
 def main(
     quick: bool = False, workdir: Path = Path("lightning_logs/pipelines/seeds"), epochs: int | None = None
 ) -> None:
-    """Args:
-    quick: Tiny datasets and two epochs each, to check the chain in seconds.
-    workdir: Where the datasets, runs and report go.
-    epochs: Epochs per system (default: 2 with quick, else 20).
+    """Generate the datasets, train each system, and write the report.
+
+    Args:
+        quick: Tiny datasets and two epochs each, to check the chain in seconds.
+        workdir: Where the datasets, runs and report go.
+        epochs: Epochs per system (default: 2 with quick, else 20).
     """
     pipeline = Pipeline(workdir)
     epochs = epochs or (2 if quick else 20)
@@ -98,6 +102,4 @@ def main(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
-
-    CLI(main, as_positional=False)
+    command_line(main, __doc__)
