@@ -22,6 +22,7 @@ COMMANDS: dict[str, Command] = {
     "fit": Command("speechrnn.fit", "train a model (LightningCLI), test the kept checkpoint, write its report"),
     "evaluate": Command("speechrnn.evaluate", "the evaluation report of a checkpoint on a split of its data"),
     "predict": Command("speechrnn.predict", "classify audio files or folders with a checkpoint"),
+    "spot": Command("speechrnn.spot", "find keywords in recordings of any length: events with times and scores"),
     "adapt": Command("speechrnn.adapt", "adapt a model to new voices from their unlabelled recordings"),
     "export": Command("speechrnn.export", "export a checkpoint to ONNX or TorchScript, front end included"),
     "generate": Command("speechrnn.generate", "sample text from a character model"),

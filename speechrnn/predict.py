@@ -4,6 +4,10 @@ Each file is read at any sample rate, mono or stereo, and featurised exactly as 
 settings come from the checkpoint). A file that cannot be used gets a one-line error naming it
 and the rest continue; the exit status is 1 when any file failed.
 
+A file far longer than the training clips (over :data:`LONG_CLIP_RATIO` times their length) gets one
+label for all of it: a one-line warning names it and points to ``speechrnn spot``, which finds
+keywords in long recordings.
+
 A model trained with ``--data.features.normalize speaker`` normalises each voice with statistics of
 that voice's own recordings: every FILE_OR_DIR argument is taken as one speaker (a folder of one
 speaker's recordings works best), or ``--speaker NAME`` uses a training-corpus voice's statistics.
@@ -11,15 +15,46 @@ speaker's recordings works best), or ``--speaker NAME`` uses a training-corpus v
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
+
+import soundfile as sf
 
 from speechrnn.audio_io import AudioError, audio_files
 from speechrnn.cli import command_parser, parse_command
 from speechrnn.errors import ConfigError, run_entry_point
 from speechrnn.inference import Predictor
+from speechrnn.io import read_checkpoint
+from speechrnn.spotting.settings import DEFAULT_WINDOW_S, training_window_seconds
+
+LONG_CLIP_RATIO = 5.0
+"""A file this many times longer than the training clips is far longer: predict warns and points to spot."""
+
+
+def long_clip_warning(
+    path: str | os.PathLike, training_clip: Callable[[], float | None], ckpt: str | os.PathLike = "CKPT"
+) -> str | None:
+    """The warning for ``path`` when it lasts over :data:`LONG_CLIP_RATIO` times the training clips
+    (``training_clip()``: the length the checkpoint records, else None for 1 s), read from its
+    header; None otherwise, or when the header cannot be read (reading the file reports that)."""
+    try:
+        seconds = sf.info(str(path)).duration
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError):  # reading the file reports its error
+        return None
+    recorded = training_clip()
+    clip = recorded or DEFAULT_WINDOW_S
+    if seconds <= LONG_CLIP_RATIO * clip:
+        return None
+    known = "" if recorded else ", assumed: the checkpoint does not record it"
+    return (
+        f"warning: {path}: {seconds:.1f} s long, far longer than the training clips ({clip:g} s{known}); one label "
+        f"for the whole file says little: speechrnn spot --ckpt {ckpt} {path} finds the keywords in it and when"
+    )
 
 
 def predict(
@@ -46,6 +81,7 @@ def predict(
         The process exit status: 0 when every file was classified, 1 otherwise.
     """
     predictor = Predictor.from_checkpoint(ckpt, device)
+    training_clip = functools.cache(lambda: training_window_seconds(read_checkpoint(ckpt).get("data_config") or {}))
     if speaker is not None and predictor.normalization != "speaker":
         raise ConfigError(f"--speaker {speaker}: {ckpt} does not normalise per speaker; leave --speaker out")
     try:
@@ -70,6 +106,8 @@ def predict(
                     file=sys.stderr,
                 )
         for path in paths:
+            if (warning := long_clip_warning(path, training_clip, ckpt)) is not None:
+                print(warning, file=sys.stderr)
             try:
                 ranked = list(predictor.predict_file(path, statistics).items())[: max(1, top_k)]
             except AudioError as error:

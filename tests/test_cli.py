@@ -169,6 +169,27 @@ def test_data_help_documents_every_option(name: str, monkeypatch: pytest.MonkeyP
         assert "test_fraction" not in options  # these corpora bring their own test split
 
 
+@pytest.mark.parametrize(
+    "name", ["AudioFolderDataModule", "FSDDDataModule", "SequenceDataModule", "ShardedDataModule",
+             "SpeechCommandsDataModule", "CharTextDataModule"],
+)  # fmt: skip
+def test_choosing_a_data_class_gives_its_own_defaults(name: str, capsys) -> None:
+    """jsonargparse keeps the values of options the default DataModule shares with the chosen one,
+    so a shared option must default alike everywhere (an unknown_fraction of None once reached
+    Speech Commands this way)."""
+    import jsonargparse
+
+    import speechrnn.data
+
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(getattr(speechrnn.data, name), "data")
+    own = parser.get_defaults().data
+    with pytest.raises(SystemExit):
+        main(["--data", name, "--print_config"])
+    printed = yaml_load(capsys.readouterr().out)["data"]["init_args"]
+    assert {k: v for k, v in printed.items() if k in own and own[k] != v and not isinstance(v, dict)} == {}
+
+
 def test_field_docstrings_are_read_only_for_help() -> None:
     from speechrnn.cli import shows_help
 
@@ -228,9 +249,8 @@ def test_speechrnn_lists_every_command_and_each_has_a_main() -> None:
 
 def test_speechrnn_refuses_an_unknown_or_missing_command(monkeypatch, capsys) -> None:
     assert run_command(["trian"], monkeypatch) == 2
-    assert capsys.readouterr().err.strip() == (
-        "error: unknown command 'trian'; the commands are fit, evaluate, predict, adapt, export, generate, build-cache"
-    )
+    listed = "fit, evaluate, predict, spot, adapt, export, generate, build-cache"
+    assert capsys.readouterr().err.strip() == f"error: unknown command 'trian'; the commands are {listed}"
     assert run_command([], monkeypatch) == 2
     assert "commands:" in capsys.readouterr().err
 
@@ -255,7 +275,8 @@ def test_each_command_has_help_config_and_print_config(command, options, monkeyp
 def test_print_config_writes_a_config_the_command_reads_back(tmp_path: Path, monkeypatch, capsys) -> None:
     assert run_command(["export", "--ckpt", "a.ckpt", "--out", "a.onnx", "--print_config"], monkeypatch) == 0
     printed = yaml_load(capsys.readouterr().out)
-    assert printed == {"ckpt": "a.ckpt", "out": "a.onnx", "format": "onnx", "opset": printed["opset"], "verify": True}
+    assert {key: printed[key] for key in ("ckpt", "out", "format", "verify")} == {
+        "ckpt": "a.ckpt", "out": "a.onnx", "format": "onnx", "verify": True}  # fmt: skip
     (tmp_path / "export.yaml").write_text(yaml_dump({**printed, "ckpt": str(tmp_path / "missing.ckpt")}))
     assert run_command(["export", "--config", str(tmp_path / "export.yaml")], monkeypatch) == 2
     assert "missing.ckpt" in capsys.readouterr().err  # the config's options reached the command

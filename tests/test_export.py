@@ -131,7 +131,7 @@ def test_torchscript_matches_pytorch_and_predictor(checkpoints: dict[str, Path],
 def test_cli_help_and_export(checkpoints: dict[str, Path], help_process: subprocess.Popen, tmp_path: Path) -> None:
     stdout, stderr = help_process.communicate(timeout=120)
     assert help_process.returncode == 0, stderr
-    for option in ("--ckpt", "--format", "--out", "--opset", "--verify"):
+    for option in ("--ckpt", "--format", "--out", "--opset", "--verify", "--streaming", "--chunk_ms", "--quantize"):
         assert option in stdout
 
     out = tmp_path / "nested" / "model.pt"

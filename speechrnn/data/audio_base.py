@@ -17,9 +17,25 @@ from torch.utils.data import DataLoader
 
 from speechrnn.audio_io import AudioError, read_audio
 from speechrnn.data.augment import WARP_GRID, AugmentedStatistics, Augmenter, AugmentSettings
-from speechrnn.data.base import PadCollate, SequenceDataModuleBase, SequenceDataset
+from speechrnn.data.base import CACHE_DIR, PadCollate, SequenceDataModuleBase, SequenceDataset
 from speechrnn.data.defaults import CPU_WAVEFORM_AUGMENT_MINUTES, choose_augmentation, training_audio_minutes
+from speechrnn.data.open_set import (
+    SILENCE,
+    SILENCE_SECONDS,
+    OpenSetOptions,
+    background_files,
+    background_regions,
+    digest,
+    open_set_classes,
+    per_split,
+    sample_unknown,
+    silence_counts,
+    silence_description,
+    silence_records,
+    write_silence_clips,
+)
 from speechrnn.data.records import Record
+from speechrnn.data.splits import SPLITS, Split
 from speechrnn.data.storage.bucketing import BucketBatchSampler
 from speechrnn.data.storage.feature_cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
 from speechrnn.errors import ConfigError, UserInputError
@@ -136,12 +152,17 @@ class AudioDataModule(SequenceDataModuleBase):
 
     The cache lives in ``cache_dir/<name>-<hash>/``; the hash covers the feature settings and every
     file's path, size and modification time, so any change builds a new cache.
+
+    Every audio corpus can be a keyword-spotting (open-set) one: ``keywords`` keep some labels as
+    classes and map the others to ``_unknown_``, and ``_silence_`` clips are cut from background
+    recordings (:mod:`speechrnn.data.open_set`; :meth:`background_recordings` gives each split's
+    background material).
     """
 
     def __init__(
         self,
         features: FeatureSettings = FeatureSettings(),
-        cache_dir: str | os.PathLike = "data/cache",
+        cache_dir: str | os.PathLike = CACHE_DIR,
         on_error: OnError = "raise",
         max_seconds: float | None = None,
         long_clips: LongClips = "error",
@@ -149,6 +170,11 @@ class AudioDataModule(SequenceDataModuleBase):
         on_device_features: bool | None = None,
         augment: AugmentSettings | None = None,
         voice_activity: bool = False,
+        keywords: list[str] | None = None,
+        unknown_fraction: float | None = 0.1,
+        silence_fraction: float = 0.1,
+        background_dir: str | os.PathLike | None = None,
+        silence_seconds: float | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -176,9 +202,37 @@ class AudioDataModule(SequenceDataModuleBase):
             voice_activity: Label every frame speech or non-speech from the manifest's ``segments``
                 (voice activity detection, a ``frame_classification`` task) instead of labelling
                 each clip with its class.
+            keywords: Open set (keyword spotting): the labels kept as classes; every other label of
+                the corpus becomes ``_unknown_``, and ``_silence_`` clips are cut from the corpus's
+                own background recordings (a ``_background_noise_`` folder) or ``background_dir``.
+                Records keep their split (assigned first when the corpus has none), and
+                ``_unknown_`` and ``_silence_`` examples of a split come from that split's material
+                only (:mod:`speechrnn.data.open_set`). None: the corpus's own keywords, if any.
+            unknown_fraction: ``_unknown_`` recordings per split: at most this fraction of the
+                split's keyword recordings (rounded up), a seeded sample; 0.1 makes ``_unknown_``
+                as large as an average class of ten keywords; None keeps them all; 0 drops the
+                class. Every DataModule has the same defaults, so switching ``--data`` keeps them.
+            silence_fraction: ``_silence_`` clips per split, as a fraction of the split's keyword
+                recordings (rounded up); 0.1 makes it as large as an average class of ten keywords;
+                0 drops the class.
+            background_dir: Folder of background recordings (any audio files directly in it) to cut
+                ``_silence_`` clips from, each file divided by time between the splits; also adds
+                ``_silence_`` without ``keywords``. The clips are written once under
+                ``cache_dir/_silence_/``.
+            silence_seconds: Length of a ``_silence_`` clip; None: the corpus's clip length (1 s
+                unless the corpus says otherwise).
             **kwargs: Batching and split options of :class:`SequenceDataModuleBase`.
         """
         super().__init__(**kwargs)
+        self.open_set = OpenSetOptions(
+            tuple(keywords) if keywords is not None else None,
+            unknown_fraction,
+            silence_fraction,
+            Path(background_dir) if background_dir is not None else None,
+            silence_seconds,
+        )
+        if voice_activity and (keywords is not None or background_dir is not None):
+            raise ConfigError("voice_activity labels frames, not clips: it cannot take keywords or background_dir")
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if max_seconds is not None and not max_seconds > 0:
@@ -209,6 +263,123 @@ class AudioDataModule(SequenceDataModuleBase):
 
     native_sample_rate: int = 16000
     """Feature sample rate used when ``features.sample_rate`` is left unset."""
+
+    # --- open-set classes (keywords, _unknown_, _silence_) -------------------------------------
+    @property
+    def vocabulary(self) -> list[str] | None:
+        """The corpus's own labels when it knows them without reading its files (a fixed word
+        list); None: whatever labels its records hold."""
+        return None
+
+    @property
+    def default_keywords(self) -> list[str] | None:
+        """The corpus's own keywords, used when ``keywords`` is not given (None: none)."""
+        return None
+
+    @property
+    def corpus_background_dir(self) -> Path | None:
+        """The corpus's own background recordings, used for ``_silence_`` when keywords are set and
+        ``background_dir`` is not (None: it has none)."""
+        return None
+
+    @property
+    def default_silence_seconds(self) -> float:
+        """Length of a ``_silence_`` clip when ``silence_seconds`` is not given: the corpus's clip length."""
+        return SILENCE_SECONDS
+
+    @property
+    def keywords(self) -> list[str] | None:
+        """The keyword classes (``keywords``, else the corpus's own), or None without an open set."""
+        keywords = self.open_set.keywords
+        return list(keywords) if keywords is not None else self.default_keywords
+
+    @property
+    def background_dir(self) -> Path | None:
+        """Where ``_silence_`` clips and background material come from: ``background_dir``, else the
+        corpus's own background recordings when keywords are set; None: no background."""
+        if self.open_set.background_dir is not None:
+            return self.open_set.background_dir
+        return self.corpus_background_dir if self.keywords is not None else None
+
+    @property
+    def silence_seconds(self) -> float:
+        return self.open_set.silence_seconds or self.default_silence_seconds
+
+    def _silence_class(self) -> bool:
+        return self.background_dir is not None and self.open_set.silence_fraction > 0
+
+    @property
+    def label_names(self) -> list[str]:
+        """The labels of the records, in class-index order: with an open set, the keywords and
+        ``_unknown_`` and ``_silence_`` as the options ask (known without reading the corpus when
+        its vocabulary is)."""
+        keywords, silence = self.keywords, self._silence_class()
+        known = keywords if keywords is not None else self.vocabulary
+        if known is None:
+            return super().label_names
+        unknown = keywords is not None and self.open_set.unknown_fraction != 0
+        return open_set_classes(known, unknown, silence)
+
+    def complete_records(self, records: list[Record]) -> list[Record]:
+        """The corpus's records with the open-set classes: keyword records as they are, then a
+        seeded ``_unknown_`` sample of the others within each split, then ``_silence_`` clips; every
+        record carries its split. Without keywords or background, ``records`` unchanged."""
+        keywords, silence = self.keywords, self._silence_class()
+        if keywords is None and not silence:
+            return records
+        name = type(self).__name__
+        splits = self.record_splits(records)
+        records = [dataclasses.replace(r, split=split) for r, split in zip(records, splits, strict=True)]
+        chosen, unknown = records, []
+        if keywords is not None:
+            labels = self.vocabulary or sorted({r.label for r in records})
+            missing = [k for k in keywords if k not in labels]
+            if missing:
+                raise UserInputError(f"{name}: keywords {missing} are not labels of the corpus (labels: {labels})")
+            chosen = [r for r in records if r.label in keywords]
+            others = [r for r in records if r.label not in keywords]
+            if self.open_set.unknown_fraction != 0 and not others:
+                raise UserInputError(
+                    f"{name}: every label is a keyword, so _unknown_ has no examples (unknown_fraction=0 drops it)"
+                )
+            unknown = sample_unknown(others, per_split(chosen), self.open_set.unknown_fraction, self.seed)
+        return chosen + unknown + (self._silence_records(per_split(chosen)) if silence else [])
+
+    def _silence_records(self, keywords_per_split: dict[str, int]) -> list[Record]:
+        """``_silence_`` clips cut from the background recordings (written on first use)."""
+        counts = silence_counts(self.open_set.silence_fraction, keywords_per_split)
+        if not any(counts.values()):
+            return []
+        assert self.background_dir is not None
+        files = background_files(self.background_dir)
+        description = silence_description(files, counts, self.seed, self.silence_seconds)
+        folder = self.silence_folder(description, files)
+        return silence_records(write_silence_clips(files, counts, folder, [self.seed, 2], self.silence_seconds))
+
+    def silence_folder(self, description: dict[str, Any], files: list[Path]) -> Path:
+        """Folder of the ``_silence_`` clips that ``description`` (counts, seed, clip length, gain,
+        sources) and the background ``files`` determine: ``cache_dir/_silence_/<name>-<hash>``."""
+        where = [(str(f.resolve()), f.stat().st_mtime_ns) for f in files]
+        return self.cache_dir / SILENCE / f"{self.name}-{digest({**description, 'files': where})}"
+
+    def background_recordings(self, split: Split) -> list[tuple[str, int, int]]:
+        """The background material of ``split``: ``(path, start_sample, end_sample)`` of each background
+        recording's region for that split (samples at the file's own rate), the regions its
+        ``_silence_`` clips are cut from, disjoint between splits (so test streams built from the
+        test regions never reuse training background). Without ``_silence_`` clips (``silence_fraction``
+        0) the files are divided in proportion to each split's records. Empty for a split with no region."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        if self.background_dir is None:
+            raise ConfigError(
+                f"{type(self).__name__}: no background recordings (give background_dir, or keywords for a corpus "
+                "with its own _background_noise_)"
+            )
+        records = self.records
+        counts = per_split(r for r in records if r.label == SILENCE)
+        if not any(counts.values()):
+            counts = per_split(records)
+        return background_regions(background_files(self.background_dir), counts, self.silence_seconds)[split]
 
     def _check_augmentation(self, augment: AugmentSettings | None, on_device_features: bool | None) -> None:
         if augment is not None and augment.needs_waveforms and on_device_features is False:
@@ -306,6 +477,14 @@ class AudioDataModule(SequenceDataModuleBase):
     def feature_dim(self) -> int:
         return self.features.feature_dim
 
+    def clip_seconds(self) -> dict[str, float] | None:
+        if self.store is None or not len(self.splits.get("train", ())):
+            return None
+        lengths = np.asarray(self.store.lengths)[self.splits["train"]].astype(np.float64)
+        rate = self.features.rate
+        seconds = lengths / rate if self.on_device_features else (lengths - 1) * self.features.hop_length / rate
+        return {"median": round(float(np.median(seconds)), 4), "max": round(float(seconds.max()), 4)}
+
     @property
     def task(self) -> str:
         return "frame_classification" if self.voice_activity else "classification"
@@ -346,7 +525,7 @@ class AudioDataModule(SequenceDataModuleBase):
     def prepare_data(self) -> None:
         """Build the feature cache if needed (one process under DDP; keeps no state). The splits are
         checked first, from the file list alone, so a run that cannot work stops before the build."""
-        records = self.load_records()
+        records = self.complete_records(self.load_records())
         self.check_plan(records)
         self.ensure_cache(records)
 

@@ -42,6 +42,9 @@ from speechrnn.features import FeatureSettings
 from speechrnn.normalization import FrameMoments, Normalization, standardize
 from speechrnn.padding import PADDED_CLASS
 
+CACHE_DIR = "data/cache"
+"""Where feature caches (and chunks downloaded from a bucket) go unless ``cache_dir`` says otherwise."""
+
 
 class SequenceDataset(Dataset):
     """Items ``(features (T, F), target, index)`` of a store, restricted to ``indices``."""
@@ -199,10 +202,17 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         return "none" if settings is None else settings.normalize
 
     # --- derived ------------------------------------------------------------------------------
+    def complete_records(self, records: list[Record]) -> list[Record]:
+        """The examples the model learns from, given the corpus's own (:meth:`load_records`): the same
+        here; audio corpora add open-set classes (:meth:`AudioDataModule.complete_records
+        <speechrnn.data.audio_base.AudioDataModule.complete_records>`)."""
+        return records
+
     @property
     def records(self) -> list[Record]:
+        """Every example, as the model sees it (:meth:`complete_records` of :meth:`load_records`), read once."""
         if self._records is None:
-            records = self.load_records()
+            records = self.complete_records(self.load_records())
             if not records:
                 raise UserInputError(f"{type(self).__name__}: the corpus has no examples")
             repeated = [source for source, count in Counter(r.source for r in records).items() if count > 1]
@@ -243,7 +253,14 @@ class SequenceDataModuleBase(pl.LightningDataModule):
             }
             or None,
             "validation": self.validation,
+            "clip_seconds": self.clip_seconds(),
         }
+
+    def clip_seconds(self) -> dict[str, float] | None:
+        """Median and longest training clip in seconds (``{"median": s, "max": s}``), for inference on
+        longer audio (``speechrnn spot`` classifies windows of the length the model was trained on);
+        None for data that is not audio or before :meth:`setup`."""
+        return None
 
     def common_options(self) -> dict[str, Any]:
         """This DataModule's options of :class:`SequenceDataModuleBase` (batching, split fractions,

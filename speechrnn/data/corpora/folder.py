@@ -12,6 +12,7 @@ from typing import Any
 
 from speechrnn.audio_io import AUDIO_EXTENSIONS
 from speechrnn.data.audio_base import AudioDataModule, OnError
+from speechrnn.data.open_set import BACKGROUND_FOLDER
 from speechrnn.data.records import Record
 from speechrnn.errors import MissingInputError, UserInputError
 
@@ -198,6 +199,13 @@ class AudioFolderDataModule(AudioDataModule):
     def name(self) -> str:
         source = self.manifest.parent if self.manifest is not None else self.root
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).resolve().name) or "audio"  # type: ignore[arg-type]
+
+    @property
+    def corpus_background_dir(self) -> Path | None:
+        """``_background_noise_`` beside the class folders (or the manifest), when there is one: a
+        folder whose name starts with ``_`` is no class."""
+        folder = (self.manifest.parent if self.manifest is not None else Path(self.root)) / BACKGROUND_FOLDER
+        return folder if folder.is_dir() else None
 
     def load_records(self) -> list[Record]:
         if self.manifest is not None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from speechrnn.data.base import PadCollate, SequenceDataModuleBase
+from speechrnn.data.base import CACHE_DIR, PadCollate, SequenceDataModuleBase
 from speechrnn.data.records import Record
 from speechrnn.data.splits import SPLITS, Split
 from speechrnn.data.storage.shards import ShardFeatureStore, ShardIndex, ShardRecords, open_split
@@ -36,7 +36,7 @@ class ShardedDataModule(SequenceDataModuleBase):
     def __init__(
         self,
         path: str,
-        cache_dir: str | None = None,
+        cache_dir: str | None = CACHE_DIR,
         storage_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -44,8 +44,9 @@ class ShardedDataModule(SequenceDataModuleBase):
         Args:
             path: Shard folder or bucket URL (``s3://bucket/corpus``, ``gs://...``, ``r2://...``);
                 credentials and endpoints come from the usual environment (e.g. ``AWS_*``).
-            cache_dir: Local folder for the chunks downloaded from a bucket (LitData's default
-                otherwise); unused for a local folder, which is read in place.
+            cache_dir: Local folder for the chunks downloaded from a bucket (beside the feature
+                caches; LitData keeps each bucket in its own subfolder); None: LitData's default.
+                Unused for a local folder, which is read in place.
             storage_options: Extra options for the bucket's client (LitData's ``storage_options``).
             **kwargs: Batching options of :class:`~speechrnn.data.base.SequenceDataModuleBase` (the
                 splits were fixed when the shards were built).
@@ -90,6 +91,10 @@ class ShardedDataModule(SequenceDataModuleBase):
     def normalization(self) -> Normalization:
         """That of the DataModule the shards were built from (its statistics come with them)."""
         return normalization_of(self.index.data_config)
+
+    def clip_seconds(self) -> dict[str, float] | None:
+        """That of the DataModule the shards were built from."""
+        return self.index.data_config.get("clip_seconds")
 
     def load_records(self) -> list[Record]:
         return [self.record_of(i) for i in range(sum(self.index.counts.values()))]

@@ -164,7 +164,7 @@ class FSDDDataModule(AudioDataModule):
         self.download = download
 
     @property
-    def label_names(self) -> list[str]:
+    def vocabulary(self) -> list[str]:
         return [str(digit) for digit in range(10)]
 
     @property

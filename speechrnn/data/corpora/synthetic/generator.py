@@ -20,6 +20,14 @@ cannot tell the two words of a pair apart, while a sequence model can.
 Every random draw comes from a generator seeded with ``(seed, stream,
 speaker, ...)``, so a clip depends only on the configuration and its own
 coordinates, never on worker count, call order or global random state.
+
+For keyword spotting (an open set) a configuration can also render
+``other_words`` words that are not commands (:data:`OTHER_WORDS`, the
+material of ``_unknown_``) and ``background_seconds`` of each kind of
+background recording in :data:`BACKGROUND_KINDS` (babble of voices that are
+not the corpus's speakers, mains hum, pink and brown noise; the material of
+``_silence_`` and of test streams). With both at zero, the default, the
+corpus is exactly what it was before they existed.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import soundfile as sf
 from scipy import signal
 
 from speechrnn.data.corpora.folder import format_segments
+from speechrnn.data.open_set import BACKGROUND_FOLDER
 from speechrnn.data.splits import SPLITS
 from speechrnn.io import atomic_directory
 
@@ -55,6 +64,8 @@ MANIFEST_COLUMNS = ("path", "label", "speaker", "split", "segments")
 
 _SPEAKER_STREAM = 1
 _CLIP_STREAM = 2
+_BACKGROUND_STREAM = 3
+_BABBLE_VOICE_STREAM = 4
 _F0_RANGE = (80.0, 260.0)
 _WORD_RMS = 0.05
 _PEAK_LIMIT = 0.99
@@ -133,6 +144,22 @@ WORDS: dict[str, tuple[str, ...]] = {
     "nuke": ("n", "u", "k"),
 }
 
+OTHER_WORDS: dict[str, tuple[str, ...]] = {
+    word: tuple(phones.split())
+    for word, phones in (
+        ("lune", "l u n e"), ("piku", "p i k u"), ("shol", "sh o l"), ("fam", "f ae m"),
+        ("kern", "k er n"), ("nis", "n i s"), ("loma", "l o m a"), ("mefu", "m e f u"),
+    )
+}  # fmt: skip
+"""Words that are not commands, rendered with ``other_words`` (in this order): the ``_unknown_``
+material of an open-set corpus. None is a command or the reversal of one, and none is longer than
+the longest command, so every clip length that holds the commands holds them."""
+
+BACKGROUND_KINDS = ("babble", "hum", "pink", "brown")
+"""Background recordings an open-set corpus writes, ``_background_noise_/<kind>.wav`` each."""
+_BACKGROUND_RMS = 0.02
+_BABBLE_VOICES = 6
+
 ORDER_PAIRS: list[tuple[str, str]] = [
     ("asi", "isa"),
     ("ome", "emo"),
@@ -145,7 +172,7 @@ ORDER_PAIRS: list[tuple[str, str]] = [
 
 def _max_word_seconds() -> float:
     """Upper bound of a rendered word's length over all speakers and jitter."""
-    longest = max(sum(PHONES[p].duration for p in phones) for phones in WORDS.values())
+    longest = max(sum(PHONES[p].duration for p in phones) for phones in [*WORDS.values(), *OTHER_WORDS.values()])
     padding = _WORD_PAD + _WORD_TAIL + _BLOCK / SAMPLE_RATE
     return longest * _MAX_DURATION_SCALE * math.exp(_DURATION_JITTER_LIMIT) + padding
 
@@ -171,6 +198,10 @@ class SyntheticCorpusConfig:
         val_speakers: Speakers held out for validation.
         test_speakers: Speakers held out for testing.
         seed: Root seed of every random draw.
+        other_words: Non-command words also rendered (the first of
+            :data:`OTHER_WORDS`), by every speaker like the commands.
+        background_seconds: Length of each background recording
+            (:data:`BACKGROUND_KINDS`); 0 writes none.
     """
 
     num_speakers: int = 30
@@ -181,9 +212,11 @@ class SyntheticCorpusConfig:
     val_speakers: int = 5
     test_speakers: int = 5
     seed: int = 0
+    other_words: int = 0
+    background_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("num_speakers", "repetitions", "val_speakers", "test_speakers", "seed"):
+        for name in ("num_speakers", "repetitions", "val_speakers", "test_speakers", "seed", "other_words"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -219,11 +252,31 @@ class SyntheticCorpusConfig:
         if not (math.isfinite(low) and math.isfinite(high)) or low > high:
             raise ValueError(f"snr_db must be finite with low <= high, got {self.snr_db!r}")
         object.__setattr__(self, "snr_db", (low, high))
+        if not 0 <= self.other_words <= len(OTHER_WORDS):
+            raise ValueError(f"other_words must be in [0, {len(OTHER_WORDS)}], got {self.other_words}")
+        background = float(self.background_seconds)
+        if not math.isfinite(background) or background < 0:
+            raise ValueError(f"background_seconds must be >= 0, got {self.background_seconds}")
+        object.__setattr__(self, "background_seconds", background)
+
+    @property
+    def words(self) -> dict[str, tuple[str, ...]]:
+        """Every word the configuration renders and its phones: the commands, then the other words."""
+        return {**WORDS, **dict(list(OTHER_WORDS.items())[: self.other_words])}
 
     @property
     def num_clips(self) -> int:
         """Total number of clips the configuration generates."""
-        return self.num_speakers * len(WORDS) * self.repetitions
+        return self.num_speakers * len(self.words) * self.repetitions
+
+    def parameters(self) -> dict[str, object]:
+        """The configuration as a dict, without the open-set parameters left at zero (so a corpus
+        without them is described, and fingerprinted, as before they existed)."""
+        parameters = asdict(self)
+        for name in ("other_words", "background_seconds"):
+            if not parameters[name]:
+                del parameters[name]
+        return parameters
 
     @classmethod
     def for_clip_count(cls, clips: int, **overrides: object) -> SyntheticCorpusConfig:
@@ -231,7 +284,8 @@ class SyntheticCorpusConfig:
         speakers = int(overrides.get("num_speakers", cls.num_speakers))
         if clips < 1:
             raise ValueError(f"clips must be >= 1, got {clips}")
-        repetitions = max(1, math.ceil(clips / (max(speakers, 1) * len(WORDS))))
+        words = len(WORDS) + int(overrides.get("other_words", 0))  # type: ignore[call-overload]
+        repetitions = max(1, math.ceil(clips / (max(speakers, 1) * words)))
         return cls(repetitions=repetitions, **overrides)  # type: ignore[arg-type]
 
     def fingerprint(self) -> str:
@@ -240,7 +294,7 @@ class SyntheticCorpusConfig:
             "corpus": CORPUS_NAME,
             "generator_version": GENERATOR_VERSION,
             "sample_rate": SAMPLE_RATE,
-            "config": asdict(self),
+            "config": self.parameters(),
         }
         encoded = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(encoded).hexdigest()
@@ -295,7 +349,11 @@ def speaker_profile(config: SyntheticCorpusConfig, speaker: int) -> SpeakerProfi
     """
     if not 0 <= speaker < config.num_speakers:
         raise ValueError(f"speaker must be in [0, {config.num_speakers}), got {speaker}")
-    rng = np.random.default_rng([config.seed, _SPEAKER_STREAM, speaker])
+    return _draw_profile(np.random.default_rng([config.seed, _SPEAKER_STREAM, speaker]), speaker)
+
+
+def _draw_profile(rng: np.random.Generator, speaker: int) -> SpeakerProfile:
+    """A voice drawn from ``rng``, in the register of index ``speaker``."""
     register, f0_range, scale_range = _REGISTERS[speaker % len(_REGISTERS)]
     return SpeakerProfile(
         index=speaker,
@@ -505,10 +563,11 @@ def synthesize_word(
     rng: np.random.Generator,
     sample_rate: int = SAMPLE_RATE,
 ) -> np.ndarray:
-    """Render ``word`` (a key of ``WORDS``) alone, as float32 mono without noise or clip padding."""
-    if word not in WORDS:
-        raise ValueError(f"word must be one of {sorted(WORDS)}, got {word!r}")
-    return _synthesize(WORDS[word], speaker, rng, sample_rate)[0]
+    """Render ``word`` (a key of ``WORDS`` or ``OTHER_WORDS``) alone, as float32 mono without noise or clip padding."""
+    phones = WORDS.get(word) or OTHER_WORDS.get(word)
+    if phones is None:
+        raise ValueError(f"word must be one of {sorted(WORDS)} or {sorted(OTHER_WORDS)}, got {word!r}")
+    return _synthesize(phones, speaker, rng, sample_rate)[0]
 
 
 def _background_noise(rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarray:
@@ -521,6 +580,81 @@ def _background_noise(rng: np.random.Generator, length: int, sample_rate: int) -
     spectrum[0] = 0.0
     noise = np.fft.irfft(spectrum, length)
     return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
+def _coloured_noise(rng: np.random.Generator, length: int, slope: float, sample_rate: int) -> np.ndarray:
+    """Unit-RMS noise whose power falls as ``frequency ** -slope`` (1: pink, 2: brown), above 20 Hz."""
+    bins = length // 2 + 1
+    spectrum = rng.standard_normal(bins) + 1j * rng.standard_normal(bins)
+    spectrum *= np.maximum(np.fft.rfftfreq(length, 1.0 / sample_rate), 20.0) ** (-0.5 * slope)
+    spectrum[0] = 0.0
+    noise = np.fft.irfft(spectrum, length)
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
+def _hum(rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarray:
+    """Mains hum: a 50 or 60 Hz fundamental with decaying odd and even harmonics, slowly wavering
+    in pitch and level, over faint pink noise."""
+    t = np.arange(length) / sample_rate
+    mains = float(rng.choice([50.0, 60.0]))
+    knots = np.arange(0.0, t[-1] + 2.0, 1.0)
+    drift = 1.0 + np.interp(t, knots, rng.normal(0.0, 0.002, len(knots)))
+    level = 1.0 + np.interp(t, knots, rng.normal(0.0, 0.15, len(knots)))
+    phase = 2.0 * np.pi * mains * np.cumsum(drift) / sample_rate
+    harmonics = sum(rng.uniform(0.3, 1.0) / k * np.sin(k * phase + rng.uniform(0, 2 * np.pi)) for k in range(1, 9))
+    hum = level * harmonics / (np.sqrt(np.mean(harmonics**2)) + 1e-12)
+    return hum + 0.1 * _coloured_noise(rng, length, 1.0, sample_rate)
+
+
+def _babble(config: SyntheticCorpusConfig, rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarray:
+    """Overlapping chatter of :data:`_BABBLE_VOICES` voices that are none of the corpus's speakers:
+    phone strings of two to four phones that spell no word of the corpus, with pauses between them."""
+    spoken = {*WORDS.values(), *OTHER_WORDS.values()}
+    names = sorted(PHONES)
+    out = np.zeros(length)
+    for voice in range(_BABBLE_VOICES):
+        profile = _draw_profile(np.random.default_rng([config.seed, _BABBLE_VOICE_STREAM, voice]), voice)
+        start = int(rng.uniform(0.0, 0.5) * sample_rate)
+        while start < length:
+            phones = tuple(str(p) for p in rng.choice(names, size=int(rng.integers(2, 5))))
+            if phones in spoken:
+                continue
+            utterance = _synthesize(phones, profile, rng, sample_rate)[0]
+            end = min(start + len(utterance), length)
+            out[start:end] += utterance[: end - start] * 10.0 ** (rng.uniform(-6.0, 3.0) / 20.0)
+            start = end + int(rng.uniform(0.05, 0.6) * sample_rate)
+    return out
+
+
+def render_background(config: SyntheticCorpusConfig, kind: str) -> np.ndarray:
+    """One background recording (``kind`` of :data:`BACKGROUND_KINDS`) of ``config.background_seconds``,
+    float32 mono at RMS :data:`_BACKGROUND_RMS`; deterministic from ``config.seed`` and ``kind``."""
+    if kind not in BACKGROUND_KINDS:
+        raise ValueError(f"kind must be one of {BACKGROUND_KINDS}, got {kind!r}")
+    length = round(config.background_seconds * SAMPLE_RATE)
+    if length < 1:
+        raise ValueError(f"background_seconds must be > 0 to render a background, got {config.background_seconds}")
+    rng = np.random.default_rng([config.seed, _BACKGROUND_STREAM, _word_key(kind)])
+    if kind == "babble":
+        audio = _babble(config, rng, length, SAMPLE_RATE)
+    elif kind == "hum":
+        audio = _hum(rng, length, SAMPLE_RATE)
+    else:
+        audio = _coloured_noise(rng, length, 1.0 if kind == "pink" else 2.0, SAMPLE_RATE)
+    audio *= _BACKGROUND_RMS / (np.sqrt(np.mean(audio**2)) + 1e-12)
+    return np.clip(audio, -_PEAK_LIMIT, _PEAK_LIMIT).astype(np.float32)
+
+
+def background_paths(config: SyntheticCorpusConfig) -> list[str]:
+    """Paths (relative to the corpus folder) of the background recordings ``config`` writes."""
+    if not config.background_seconds:
+        return []
+    return [f"{BACKGROUND_FOLDER}/{kind}.wav" for kind in BACKGROUND_KINDS]
+
+
+def _write_background(config: SyntheticCorpusConfig, kind: str, directory: str) -> None:
+    path = os.path.join(directory, BACKGROUND_FOLDER, f"{kind}.wav")
+    sf.write(path, render_background(config, kind), SAMPLE_RATE, subtype="PCM_16")
 
 
 def _word_key(word: str) -> int:
@@ -542,13 +676,14 @@ class RenderedClip:
 
 def render_clip(config: SyntheticCorpusConfig, speaker: int, word: str, repetition: int) -> RenderedClip:
     """Render one clip and report its word onset, word length, SNR and speech span."""
-    if word not in WORDS:
-        raise ValueError(f"word must be one of {sorted(WORDS)}, got {word!r}")
+    words = config.words
+    if word not in words:
+        raise ValueError(f"word must be one of {sorted(words)}, got {word!r}")
     if repetition < 0:
         raise ValueError(f"repetition must be >= 0, got {repetition}")
     profile = speaker_profile(config, speaker)
     rng = np.random.default_rng([config.seed, _CLIP_STREAM, speaker, _word_key(word), repetition])
-    voice, (speech_start, speech_end) = _synthesize(WORDS[word], profile, rng, SAMPLE_RATE)
+    voice, (speech_start, speech_end) = _synthesize(words[word], profile, rng, SAMPLE_RATE)
     length = int(round(config.clip_seconds * SAMPLE_RATE))
     latest = min(config.onset_window_seconds, (length - len(voice)) / SAMPLE_RATE)
     start = min(int(round(rng.uniform(0.0, max(latest, 0.0)) * SAMPLE_RATE)), max(length - len(voice), 0))
@@ -605,7 +740,7 @@ def _write_speaker(config: SyntheticCorpusConfig, speaker: int, directory: str) 
     """Write every clip of one speaker under ``directory``; return their manifest rows."""
     rows = []
     label, split = speaker_label(config, speaker), speaker_split(config, speaker)
-    for word in WORDS:
+    for word in config.words:
         for repetition in range(config.repetitions):
             path = _clip_path(config, speaker, word, repetition)
             clip = render_clip(config, speaker, word, repetition)
@@ -632,7 +767,7 @@ def corpus_is_current(root: str | os.PathLike, config: SyntheticCorpusConfig) ->
         return False
     if not isinstance(recorded, dict) or recorded.get("fingerprint") != config.fingerprint():
         return False
-    if len(rows) != config.num_clips:
+    if len(rows) != config.num_clips or not all((root / path).is_file() for path in background_paths(config)):
         return False
     return all(row.get("path") and (root / row["path"]).is_file() for row in rows)
 
@@ -665,21 +800,29 @@ def generate_corpus(
 
     started = time.perf_counter()
     with atomic_directory(root, replace=True) as staging:
-        for word in WORDS:
+        for word in config.words:
             (staging / word).mkdir()
         speakers = range(config.num_speakers)
         rows: list[tuple[str, ...]] = []
+        kinds = BACKGROUND_KINDS if config.background_seconds else ()
+        if kinds:
+            (staging / BACKGROUND_FOLDER).mkdir()
         if workers == 1:
+            for kind in kinds:
+                _write_background(config, kind, str(staging))
             chunks = (_write_speaker(config, speaker, str(staging)) for speaker in speakers)
             for done, chunk in enumerate(chunks, 1):
                 rows.extend(chunk)
                 _report(progress, done, config.num_speakers, started)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
+                backgrounds = [pool.submit(_write_background, config, kind, str(staging)) for kind in kinds]
                 chunks = pool.map(_write_speaker, [config] * len(speakers), speakers, [str(staging)] * len(speakers))
                 for done, chunk in enumerate(chunks, 1):
                     rows.extend(chunk)
                     _report(progress, done, config.num_speakers, started)
+                for job in backgrounds:
+                    job.result()
         rows.sort()
         with (staging / MANIFEST_NAME).open("w", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
@@ -691,11 +834,17 @@ def generate_corpus(
             "fingerprint": config.fingerprint(),
             "sample_rate": SAMPLE_RATE,
             "num_clips": len(rows),
-            "config": asdict(config),
+            "config": config.parameters(),
             "splits": split_speakers(config),
             "words": {word: list(phones) for word, phones in WORDS.items()},
             "order_pairs": [list(pair) for pair in ORDER_PAIRS],
         }
+        if config.other_words:
+            metadata["other_words"] = {
+                word: list(config.words[word]) for word in list(OTHER_WORDS)[: config.other_words]
+            }
+        if kinds:
+            metadata["background"] = background_paths(config)
         (staging / GENERATION_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
     return manifest
 
