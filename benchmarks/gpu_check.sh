@@ -9,6 +9,9 @@
 #   3.  benchmarks/train_throughput.py at batch 256, 1024 and 4096 (padded exact path, 101 frames),
 #       then packed against padded at batch 1024 with lengths 25-101 frames, cuda, bf16-mixed, with
 #       the peak GPU memory of each run (torch.cuda.max_memory_allocated)
+#   3b. benchmarks/host_overhead.py: fit's training loop against a bare loop on the same data and
+#       model (BiGRU 2 x 128, batch 1024, 101 frames, fit's precision): microseconds per step, the
+#       ratio, and the GPU's busy share over the timed steps alone (torch.profiler)
 #   4.  benchmarks/compare_pipelines.py: naive librosa pipeline (a) vs feature cache (b) vs
 #       on-device features (c) on the synthetic corpus, cuda, bf16
 # and samples GPU utilisation and memory with nvidia-smi every 500 ms during steps 2-4.
@@ -223,6 +226,9 @@ if [ "$MODE" = gpu ]; then
     THROUGHPUT_ARGS=(--device cuda --precision bf16-mixed)
     PACKED_ARGS=(--batch 1024 --min_frames 25 --packed true)
     CAP_PYTEST_GPU=120 CAP_FIT=120 CAP_COMPARE=150 CAP_THROUGHPUT=50
+    OVERHEAD_ARGS=(--device cuda --batch 1024 --frames 101 --features 39 --hidden 128 --layers 2 --bidirectional true
+        --classes 12 --steps 30 --warmup 10 --repeats 2 --profile false)
+    CAP_OVERHEAD=120
 else
     # a tiny corpus (below), one epoch: --trainer.max_epochs 1 rather than --trainer.fast_dev_run,
     # which writes no lightning_logs/version_N and so would not exercise the figures' extraction
@@ -234,6 +240,8 @@ else
     THROUGHPUT_ARGS=(--device cpu --precision 32-true --frames 8 --hidden 16 --steps 1 --warmup 1 --repeats 1)
     PACKED_ARGS=(--batch 4 --min_frames 3 --packed true)
     CAP_PYTEST_GPU=60 CAP_FIT=90 CAP_COMPARE=120 CAP_THROUGHPUT=60
+    OVERHEAD_ARGS=(--device cpu --steps 5 --warmup 2 --repeats 1 --profile false)
+    CAP_OVERHEAD=60
 fi
 
 # --- 1. tests -----------------------------------------------------------------------------------------
@@ -313,6 +321,11 @@ done
 run_step 3_throughput_packed 3_train_throughput.log "$CAP_THROUGHPUT" \
     "$PY" -c "$PEAK_WRAPPER" benchmarks/train_throughput.py "${THROUGHPUT_ARGS[@]}" "${PACKED_ARGS[@]}"
 grep -E "$FIGURES" "$WORK/3_throughput_packed.out" 2>/dev/null | sed "s/^/  packed: /" | tee -a "$SUMMARY"
+
+# --- 3b. fit's loop against a bare loop: host overhead and the GPU's busy share over the timed steps ----
+run_step 3b_host_overhead 3_train_throughput.log "$CAP_OVERHEAD" "$PY" benchmarks/host_overhead.py "${OVERHEAD_ARGS[@]}"
+grep -E "^(model:|bare loop|fit's loop|fit / bare)" "$WORK/3b_host_overhead.out" 2>/dev/null |
+    sed 's/^/  host overhead: /' | tee -a "$SUMMARY"
 
 # --- 4. pipelines: naive (a) vs feature cache (b) vs on-device features (c) ---------------------------
 run_step 4_compare_pipelines 4_compare_pipelines.log "$CAP_COMPARE" \

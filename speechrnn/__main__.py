@@ -23,6 +23,7 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command("speechrnn.evaluate", "the evaluation report of a checkpoint on a split of its data"),
     "predict": Command("speechrnn.predict", "classify audio files or folders with a checkpoint"),
     "spot": Command("speechrnn.spot", "find keywords in recordings of any length: events with times and scores"),
+    "serve": Command("speechrnn.serve", "serve a checkpoint over HTTP and WebSocket, with a live microphone page"),
     "adapt": Command("speechrnn.adapt", "adapt a model to new voices from their unlabelled recordings"),
     "export": Command("speechrnn.export", "export a checkpoint to ONNX or TorchScript, front end included"),
     "generate": Command("speechrnn.generate", "sample text from a character model"),

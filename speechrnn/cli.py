@@ -20,12 +20,12 @@ import jsonargparse
 import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, DefaultHelpFormatter, auto_cli
-from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from speechrnn.callbacks import AnnealedEarlyStopping, EpochTimer, LastCheckpoint, TrainingBudget
+from speechrnn.callbacks import AnnealedEarlyStopping, EpochTimer, LastCheckpoint, ThrottledProgressBar, TrainingBudget
 from speechrnn.data.base import SequenceDataModuleBase
 from speechrnn.errors import ConfigError, checked_options, reported_errors
 from speechrnn.models.classifier import RNNClassifier
@@ -352,7 +352,7 @@ class SpeechRNNCLI(LightningCLI):
             if config.get("enable_checkpointing") is not False:
                 callbacks.append(LastCheckpoint())
             if config.get("enable_progress_bar") is not False:
-                callbacks.append(RichProgressBar(leave=True))
+                callbacks.append(ThrottledProgressBar(leave=True))
             kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 

@@ -32,6 +32,7 @@ from speechrnn.data.base import SequenceDataModuleBase
 from speechrnn.errors import ConfigError, run_entry_point
 from speechrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from speechrnn.models.classifier import RNNClassifier
+from speechrnn.report_page import write_report_page
 from speechrnn.reports import report_split
 from speechrnn.spotting.calibration import (
     Detector,
@@ -309,12 +310,14 @@ def _percent(value: float | None) -> str:
 
 
 def _add_to_report(out: Path, result: dict[str, Any]) -> None:
-    """The stream results into the clip report: ``report.json``'s ``streams`` and a section of ``report.md``."""
+    """The stream results into the clip report: ``report.json``'s ``streams``, a section of ``report.md``
+    and of ``report.html`` (written again, with the DET curve)."""
     report = json.loads((out / "report.json").read_text())
     report["streams"] = result
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", (out / "report.md").read_text().rstrip("\n") + "\n\n" + stream_markdown(
         result, report.get("accuracy")))  # fmt: skip
+    write_report_page(out)
 
 
 def stream_markdown(result: dict[str, Any], clip_accuracy: float | None = None) -> str:

@@ -25,7 +25,7 @@ from typing import Literal
 
 import soundfile as sf
 
-from speechrnn.audio_io import AudioError, audio_files
+from speechrnn.audio_io import SAMPLE_RATE_RANGE, AudioError, audio_files
 from speechrnn.cli import command_parser, parse_command
 from speechrnn.errors import ConfigError, run_entry_point
 from speechrnn.inference import Predictor
@@ -43,9 +43,12 @@ def long_clip_warning(
     (``training_clip()``: the length the checkpoint records, else None for 1 s), read from its
     header; None otherwise, or when the header cannot be read (reading the file reports that)."""
     try:
-        seconds = sf.info(str(path)).duration
+        info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError):  # reading the file reports its error
         return None
+    if not SAMPLE_RATE_RANGE[0] <= info.samplerate <= SAMPLE_RATE_RANGE[1]:  # refused when read
+        return None
+    seconds = info.duration
     recorded = training_clip()
     clip = recorded or DEFAULT_WINDOW_S
     if seconds <= LONG_CLIP_RATIO * clip:

@@ -2,7 +2,9 @@
 
 :func:`write_report` writes, atomically, into one folder: ``report.md`` (readable summary),
 ``report.json`` (every number), ``classification_report.txt`` (per-class precision, recall, F1,
-support), ``confusion_matrix.csv`` and ``.png`` (row-normalised) and ``predictions.csv``.
+support), ``confusion_matrix.csv`` and ``.png`` (row-normalised), ``reliability_diagram.png``,
+``predictions.csv`` (each clip's labels, its top probabilities and speaker) and ``report.html``
+(all of it on one page, with every misclassified clip to listen to: :mod:`speechrnn.report_page`).
 Per-step tasks (voice activity, a character model) are scored over every valid frame, with
 ``predictions.csv`` giving each sequence's frame accuracy and ``bits_per_step`` the cross-entropy
 in bits (bits per character for a character model).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,13 +31,18 @@ from sklearn.metrics import (
     f1_score,
     log_loss,
 )
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from speechrnn.data.base import SequenceDataModuleBase
+from speechrnn.data.open_set import SILENCE
 from speechrnn.data.splits import Split
 from speechrnn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from speechrnn.models.classifier import RNNClassifier
 from speechrnn.split_predictions import predict_split
+
+CALIBRATION_BINS = 15
+"""Equal-width confidence bins of the expected calibration error and the reliability diagram."""
+TOP_K = 3
+"""Classes listed with their probabilities for each clip in ``predictions.csv``."""
 
 
 def _renormalized(probabilities: np.ndarray) -> np.ndarray:
@@ -42,6 +50,43 @@ def _renormalized(probabilities: np.ndarray) -> np.ndarray:
     which scikit-learn's log_loss warns about)."""
     clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0)
     return clipped / clipped.sum(axis=1, keepdims=True)
+
+
+def speaker_group(speaker: str) -> str:
+    """The speaker a clip counts under in per-speaker accuracy: ``_silence_`` clips carry one
+    "speaker" each (``_silence_/<clip>``, so that per-speaker normalisation normalises each alone),
+    and are counted together as ``_silence_``."""
+    return SILENCE if speaker.startswith(f"{SILENCE}/") else speaker
+
+
+def reliability_bins(
+    confidences: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
+) -> list[dict[str, Any]]:
+    """Top-label calibration in ``bins`` equal-width confidence bins (a confidence of exactly 1 in
+    the last): each bin's bounds, example count, accuracy and mean confidence (None when empty).
+    The expected calibration error and the reliability diagram are both drawn from these."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    index = np.clip(np.searchsorted(np.linspace(0, 1, bins + 1), confidences, side="right") - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    hits = np.bincount(index, weights=np.asarray(correct, dtype=np.float64), minlength=bins)
+    sums = np.bincount(index, weights=confidences, minlength=bins)
+    return [
+        {
+            "lower": i / bins,
+            "upper": (i + 1) / bins,
+            "count": int(counts[i]),
+            "accuracy": float(hits[i] / counts[i]) if counts[i] else None,
+            "confidence": float(sums[i] / counts[i]) if counts[i] else None,
+        }
+        for i in range(bins)
+    ]
+
+
+def calibration_error(reliability: list[dict[str, Any]]) -> float:
+    """Expected calibration error (L1) of :func:`reliability_bins`: the count-weighted mean gap
+    between each bin's accuracy and its mean confidence."""
+    total = sum(b["count"] for b in reliability)
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in reliability if b["count"]) / total)
 
 
 def compute_metrics(
@@ -54,6 +99,7 @@ def compute_metrics(
     """All report numbers for ``targets (N,)`` class indices and ``probabilities (N, C)``."""
     labels = np.arange(len(class_names))
     predictions = probabilities.argmax(1)
+    reliability = reliability_bins(probabilities.max(1), predictions == targets)
     matrix = confusion_matrix(targets, predictions, labels=labels)
     off_diagonal = [(int(matrix[i, j]), i, j) for i in labels for j in labels if i != j and matrix[i, j] > 0]
     confusions = [
@@ -67,15 +113,8 @@ def compute_metrics(
         "macro_f1": float(f1_score(targets, predictions, labels=labels, average="macro", zero_division=0)),
         "cohen_kappa": float(cohen_kappa_score(targets, predictions, labels=labels)),
         "log_loss": float(log_loss(targets, _renormalized(probabilities), labels=labels)),
-        "expected_calibration_error": float(
-            multiclass_calibration_error(
-                torch.as_tensor(probabilities, dtype=torch.float32),
-                torch.as_tensor(targets),
-                num_classes=len(class_names),
-                n_bins=15,
-                norm="l1",
-            )
-        ),
+        "expected_calibration_error": calibration_error(reliability),
+        "reliability": reliability,
         "top_confusions": confusions,
         "per_class": classification_report(
             targets, predictions, labels=labels, target_names=list(class_names), output_dict=True, zero_division=0
@@ -84,10 +123,12 @@ def compute_metrics(
         "class_names": list(class_names),
     }
     if speakers is not None and all(s is not None for s in speakers):
-        speakers = np.asarray(speakers)
+        groups = np.asarray([speaker_group(str(s)) for s in speakers])
+        names = sorted(set(groups.tolist()))
         metrics["per_speaker_accuracy"] = {
-            str(s): float(np.mean(predictions[speakers == s] == targets[speakers == s])) for s in sorted(set(speakers))
+            s: float(np.mean(predictions[groups == s] == targets[groups == s])) for s in names
         }
+        metrics["per_speaker_examples"] = {s: int(np.sum(groups == s)) for s in names}
     return metrics
 
 
@@ -120,6 +161,39 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title:
     axes.set_ylabel("true label")
     axes.set_title(title or "confusion matrix (rows normalised to 1)")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def plot_reliability(reliability: list[dict[str, Any]], title: str = "") -> bytes:
+    """PNG of the reliability diagram of :func:`reliability_bins`: each bin's accuracy against its
+    confidence range (the diagonal is perfect calibration), and how many examples fall in each bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    filled = [b for b in reliability if b["count"]]
+    width = reliability[0]["upper"] - reliability[0]["lower"]
+    figure, (axes, counts) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    lowers = [b["lower"] for b in filled]
+    axes.bar(lowers, [b["accuracy"] for b in filled], width=width, align="edge", color="tab:blue",
+             edgecolor="white", label="accuracy")  # fmt: skip
+    axes.bar(lowers, [b["confidence"] - b["accuracy"] for b in filled], bottom=[b["accuracy"] for b in filled],
+             width=width, align="edge", color="tab:red", alpha=0.3, label="gap to mean confidence")  # fmt: skip
+    axes.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=0.8, label="perfect calibration")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("accuracy")
+    axes.legend(loc="upper left", fontsize=8)
+    axes.set_title(title or "reliability diagram")
+    counts.bar(lowers, [b["count"] for b in filled], width=width, align="edge", color="0.5", edgecolor="white")
+    counts.set_yscale("log")
+    counts.set_xlabel("confidence (top-class probability)")
+    counts.set_ylabel("examples")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
@@ -190,10 +264,13 @@ def _markdown(metrics: dict[str, Any], title: str) -> str:
             f"| {c['true']} | {c['predicted']} | {c['count']} | {c['rate']:.3f} |" for c in metrics["top_confusions"]
         ]
     if "per_speaker_accuracy" in metrics:
-        lines += ["", "## Accuracy per speaker", "", "| speaker | accuracy |", "|---|---:|"]
-        lines += [f"| {s} | {a:.4f} |" for s, a in metrics["per_speaker_accuracy"].items()]
+        examples = metrics["per_speaker_examples"]
+        lines += ["", "## Accuracy per speaker", "", "| speaker | clips | accuracy |", "|---|---:|---:|"]
+        lines += [f"| {s} | {examples[s]} | {a:.4f} |" for s, a in metrics["per_speaker_accuracy"].items()]
     lines += ["", "Per-class precision, recall and F1: `classification_report.txt`; every number: `report.json`;",
-              "confusion matrix: `confusion_matrix.png` / `.csv`; each prediction: `predictions.csv`.", ""]  # fmt: skip
+              "confusion matrix: `confusion_matrix.png` / `.csv`; calibration: `reliability_diagram.png`;",
+              "each prediction: `predictions.csv`; all of it, and the misclassified clips to listen to: `report.html`.",
+              ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -227,6 +304,7 @@ def write_report(
         metrics["sequences"] = len(frames)
         metrics["bits_per_step"] = float(metrics["log_loss"] / np.log(2))
     metrics.update(extra or {})
+    metrics["title"] = title
     atomic_write_json(out / "report.json", metrics)
     atomic_write_text(out / "report.md", _markdown(metrics, title))
     atomic_write_text(
@@ -243,23 +321,43 @@ def write_report(
     writer.writerows([[name, *row] for name, row in zip(class_names, matrix.tolist(), strict=True)])
     atomic_write_text(out / "confusion_matrix.csv", table.getvalue())
     atomic_write_bytes(out / "confusion_matrix.png", plot_confusion_matrix(matrix, class_names, title))
+    atomic_write_bytes(out / "reliability_diagram.png", plot_reliability(metrics["reliability"], title))
     if frames is not None:
         atomic_write_text(out / "predictions.csv", _sequence_table(targets, probabilities, frames, paths, speakers))
-        return metrics
+    else:
+        atomic_write_text(out / "predictions.csv", _clip_table(targets, probabilities, class_names, paths, speakers))
+    from speechrnn.report_page import write_report_page  # the page module groups speakers with this one's rule
+
+    write_report_page(out)
+    return metrics
+
+
+def _clip_table(
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    paths: Sequence[str] | None,
+    speakers: Sequence[str | None] | None,
+) -> str:
+    """``predictions.csv`` of whole clips: labels, the predicted and the true class's probability,
+    the :data:`TOP_K` classes with theirs (a JSON list of ``[label, probability]``) and the speaker."""
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["path", "true_label", "predicted_label", "probability", "speaker"])
-    predictions = probabilities.argmax(1)
+    writer.writerow(["path", "true_label", "predicted_label", "probability", "speaker", "true_probability",
+                     "top_probabilities"])  # fmt: skip
+    ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
     for i in range(len(targets)):
+        top = [[class_names[c], round(float(probabilities[i, c]), 6)] for c in ranked[i]]
         writer.writerow([
             paths[i] if paths is not None else i,
             class_names[targets[i]],
-            class_names[predictions[i]],
-            f"{probabilities[i, predictions[i]]:.6f}",
+            class_names[ranked[i, 0]],
+            f"{probabilities[i, ranked[i, 0]]:.6f}",
             (speakers[i] or "") if speakers is not None else "",
+            f"{probabilities[i, targets[i]]:.6f}",
+            json.dumps(top),
         ])  # fmt: skip
-    atomic_write_text(out / "predictions.csv", table.getvalue())
-    return metrics
+    return table.getvalue()
 
 
 def _sequence_table(

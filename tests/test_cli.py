@@ -249,7 +249,7 @@ def test_speechrnn_lists_every_command_and_each_has_a_main() -> None:
 
 def test_speechrnn_refuses_an_unknown_or_missing_command(monkeypatch, capsys) -> None:
     assert run_command(["trian"], monkeypatch) == 2
-    listed = "fit, evaluate, predict, spot, adapt, export, generate, build-cache"
+    listed = "fit, evaluate, predict, spot, serve, adapt, export, generate, build-cache"
     assert capsys.readouterr().err.strip() == f"error: unknown command 'trian'; the commands are {listed}"
     assert run_command([], monkeypatch) == 2
     assert "commands:" in capsys.readouterr().err

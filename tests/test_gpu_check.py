@@ -23,6 +23,7 @@ STEPS = (
     "2_fit",
     "3_throughput_b4",
     "3_throughput_packed",
+    "3b_host_overhead",
     "4_compare_pipelines",
 )
 
@@ -47,6 +48,7 @@ def test_dry_run_runs_every_step_and_writes_the_summary(tmp_path: Path) -> None:
     assert re.search(r"compare: \| \(a\) naive.*\n.*compare: \| \(b\).*\n.*compare: \| \(c\)", summary), summary
     assert "batch 4: bare PyTorch loop" in summary and "batch 4: peak GPU memory" in summary, summary
     assert re.search(r"packed: ratio packed / padded exact path \(bare loop\): [0-9.]+", summary), summary
+    assert re.search(r"host overhead: fit / bare time per step: [0-9.]+", summary), summary
     logs = {"1_pytest_gpu.log", "2_fit.log", "3_train_throughput.log", "4_compare_pipelines.log", "summary.txt"}
     assert logs <= {path.name for path in out.iterdir()}
     assert not list(tmp_path.glob("gpu_check_work.*")), "the scratch folder was left behind"

@@ -227,6 +227,8 @@ def test_temperature_fit_recovers_a_known_temperature() -> None:
     assert negative_log_likelihood(overconfident, targets, temperature) < before
     shifted = overconfident - overconfident.max(1, keepdims=True)  # log-probabilities up to a constant
     assert fit_temperature(shifted, targets) == pytest.approx(temperature, rel=1e-3)
+    separable = np.eye(5)[targets] * 4.0  # every clip right: sharper always fits better, down to the bound
+    assert fit_temperature(separable, targets) == 1.0
 
 
 def test_calibrated_checkpoint_is_a_new_file_and_the_original_is_untouched(tmp_path: Path) -> None:

@@ -184,7 +184,8 @@ class AudioDataModule(SequenceDataModuleBase):
             on_error: ``raise`` stops before training at the first bad file, naming it; ``skip``
                 leaves bad files out and lists them with their reason in ``skipped.csv`` beside
                 the cache.
-            max_seconds: Longest clip accepted (seconds after resampling); None accepts any length.
+            max_seconds: Longest clip accepted (seconds after resampling, checked from each file's
+                header before it is decoded); None: up to :data:`speechrnn.audio_io.MAX_SECONDS`.
                 One long outlier stretches every batch it lands in and can cost gigabytes.
             long_clips: What happens to clips longer than ``max_seconds``: ``error`` treats them as
                 bad input (``on_error`` then raises or skips), ``crop`` keeps their first

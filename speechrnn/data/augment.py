@@ -189,7 +189,7 @@ class Augmenter(nn.Module):
         files = sorted(p for p in Path(noise_dir).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
         if not files:
             raise ValueError(f"augment.noise_dir {noise_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-        return torch.cat([read_audio(f, sample_rate) for f in files])
+        return torch.cat([read_audio(f, sample_rate, max_seconds=None) for f in files])  # noise may be long
 
     def _draw_shifts(self, count: int, unit_samples: int) -> torch.Tensor:
         largest = int(self.settings.time_shift_ms * self.sample_rate / 1000 / unit_samples)

@@ -23,7 +23,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from speechrnn.audio_io import TRUNCATED, AudioError, missing_file_reason, to_mono
+from speechrnn.audio_io import TRUNCATED, AudioError, check_sample_rate, missing_file_reason, to_mono
 
 BLOCK_SECONDS = 10.0
 """Seconds of audio read at a time."""
@@ -71,8 +71,10 @@ class AudioStream:
 
 
 def open_audio(path: str | os.PathLike) -> AudioStream:
-    """Check ``path``'s header (missing, a folder, a broken link, unreadable, truncated, empty are an
-    :class:`AudioError` naming it) and return it for :meth:`AudioStream.blocks`."""
+    """Check ``path``'s header (missing, a folder, a broken link, unreadable, truncated, empty, a
+    sample rate outside :data:`~speechrnn.audio_io.SAMPLE_RATE_RANGE` are an :class:`AudioError`
+    naming it) and return it for :meth:`AudioStream.blocks`. Any length is accepted: blocks keep
+    memory flat, but a rate that lies would still multiply the work by the resampling ratio."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(path, missing_file_reason(path))
@@ -85,7 +87,8 @@ def open_audio(path: str | os.PathLike) -> AudioStream:
             f"truncated file: its header declares {truncated['declared']} bytes of audio, it holds {truncated['held']}",
         )
     if stream.frames <= 0:
-        raise AudioError(path, "empty file (no samples)")
+        raise AudioError(path, "empty file (no samples)", "empty")
+    check_sample_rate(path, stream.sample_rate)
     return stream
 
 

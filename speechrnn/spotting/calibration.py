@@ -94,7 +94,19 @@ def negative_log_likelihood(logits: np.ndarray, targets: np.ndarray, temperature
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """The temperature in ``bounds`` minimising :func:`negative_log_likelihood` (logits, or
-    log-probabilities: the same)."""
+    log-probabilities: the same); 1.0 when the likelihood has no minimum inside them
+    (:func:`temperature_fit`)."""
+    temperature, interior = temperature_fit(logits, targets, bounds)
+    return temperature if interior else 1.0
+
+
+def temperature_fit(
+    logits: np.ndarray, targets: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+) -> tuple[float, bool]:
+    """The temperature in ``bounds`` minimising :func:`negative_log_likelihood`, and whether that
+    minimum lies inside them. It does not when the model separates the clips perfectly: every sharper
+    temperature then fits better, down to probabilities of exactly 0 and 1, which leave thresholds
+    nothing to tell apart (calibration keeps 1.0 then)."""
     from scipy.optimize import minimize_scalar
 
     if len(targets) == 0:
@@ -106,7 +118,10 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, bounds: tuple[float
         method="bounded",
         options={"xatol": 1e-5},
     )
-    return float(math.exp(result.x))
+    temperature = float(math.exp(result.x))
+    best = negative_log_likelihood(logits, targets, temperature)
+    interior = all(negative_log_likelihood(logits, targets, bound) > best + 1e-9 for bound in bounds)
+    return temperature, interior
 
 
 def clip_log_probabilities(
@@ -251,13 +266,17 @@ def calibrate(
     its clips, then per-keyword thresholds chosen on streams built from it (``stream_settings`` with
     ``settings.calibration_negative_hours`` of negative audio). Returns ``data_config["spotting"]``."""
     log_probabilities, targets = clip_log_probabilities(model, datamodule, split, device)
-    temperature = fit_temperature(log_probabilities, targets)
+    fitted, interior = temperature_fit(log_probabilities, targets)
+    temperature = fitted if interior else 1.0
     streams = StreamSet.from_datamodule(
         datamodule, split, model.class_names, stream_rate(model),
         dataclasses.replace(stream_settings, negative_hours=settings.calibration_negative_hours),
     )  # fmt: skip
     if log is not None:
-        log(f"calibration: temperature {temperature:.3f} on {len(targets)} {split} clips; scoring {split} streams")
+        kept = "" if interior else f" (no minimum above {fitted:.3g}: the clips are separated perfectly; 1 kept)"
+        log(
+            f"calibration: temperature {temperature:.3f}{kept} on {len(targets)} {split} clips; scoring {split} streams"
+        )
     tracks = score_streams(model, streams, settings, temperature, device, log)
     hours = streams.seconds() / 3600
     truth = streams.truth
@@ -277,6 +296,7 @@ def calibrate(
             "split": split,
             "clips": int(len(targets)),
             "nll_at_temperature_1": negative_log_likelihood(log_probabilities, targets),
+            "fitted_temperature": fitted,
             "nll": negative_log_likelihood(log_probabilities, targets, temperature),
             "stream_hours": hours,
             "negative_hours": streams.seconds("negative") / 3600,

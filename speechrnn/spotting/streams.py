@@ -170,7 +170,7 @@ def _with_margin(start: int, stop: int, samples: int, sample_rate: int) -> tuple
 
 @functools.lru_cache(maxsize=1024)
 def _clip_audio(path: str, sample_rate: int, start: int, stop: int) -> np.ndarray:
-    return read_audio(path, sample_rate).numpy()[start:stop].astype(np.float32)
+    return read_audio(path, sample_rate, max_seconds=None).numpy()[start:stop].astype(np.float32)
 
 
 def read_region(path: str, start: int, end: int | None, sample_rate: int) -> np.ndarray:

@@ -73,3 +73,51 @@ def test_mixed_precision_fit_on_gpu(tiny_corpus: Path, tmp_path: Path, precision
     assert torch.isfinite(torch.tensor(metrics["test/loss"]))
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     assert metrics["test/acc"] == pytest.approx(report_accuracy(run), abs=1e-6)
+
+
+def test_confusion_scores_equal_torchmetrics_accuracy_and_macro_f1() -> None:
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+    from speechrnn.models.classifier import confusion_scores
+
+    generator = torch.Generator().manual_seed(0)
+    for classes, count in ((5, 40), (7, 9), (3, 1)):  # 7 classes in 9 examples: some never seen
+        logits = torch.randn(count, classes, generator=generator)
+        targets = torch.randint(0, max(2, classes - 2), (count,), generator=generator)
+        matrix = MulticlassConfusionMatrix(classes)(logits, targets)
+        scores = confusion_scores(matrix)
+        accuracy = MulticlassAccuracy(classes, average="micro")(logits, targets)
+        f1 = MulticlassF1Score(classes, average="macro")(logits, targets)
+        assert torch.allclose(scores["acc"], accuracy) and torch.allclose(scores["f1"], f1, atol=1e-6), classes
+
+
+def test_training_logs_the_loss_at_the_logging_interval_and_the_epoch_mean(tiny_corpus: Path, tmp_path: Path) -> None:
+    """The per-step loss is read only on the steps the logger writes (the mean since the previous
+    one), the epoch loss and metrics once an epoch: the other steps never wait for the device."""
+    logged: list[tuple[int, set[str]]] = []
+
+    class Spy(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            logged.append((trainer.global_step, {k for k in trainer.callback_metrics if k.startswith("train/")}))
+
+    steps, sizes = [], []
+
+    class Losses(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            steps.append(float(outputs["loss"]))
+            sizes.append(len(batch[0]))
+
+    args = [*fit_args(tiny_corpus, tmp_path), "--trainer.max_epochs=1", "--trainer.log_every_n_steps=2"]
+    from speechrnn.cli import SpeechRNNCLI
+    from speechrnn.data.splits import SPLITS
+
+    cli = SpeechRNNCLI(args=args, run=False)
+    cli.trainer.callbacks.extend([Spy(), Losses()])
+    cli.datamodule.required_splits = SPLITS
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    first_logged = next(step for step, keys in logged if "train/loss_step" in keys)
+    assert first_logged == 2  # global step after the second optimiser step
+    metrics = cli.trainer.logged_metrics
+    assert {"train/loss_epoch", "train/acc", "train/f1", "val/loss", "val/acc", "val/f1"} <= set(metrics)
+    expected = sum(loss * size for loss, size in zip(steps, sizes, strict=True)) / sum(sizes)
+    assert float(metrics["train/loss_epoch"]) == pytest.approx(expected, rel=1e-5)
