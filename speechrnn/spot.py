@@ -95,6 +95,19 @@ def class_thresholds(
     }
 
 
+def audio_classifier(ckpt: str | Path, device: str, purpose: str) -> RNNClassifier:
+    """The model of ``ckpt`` in eval mode on ``device``, which must classify audio clips (a
+    :class:`ConfigError` naming the file and saying what it holds otherwise, for ``purpose``)."""
+    model = RNNClassifier.from_checkpoint(ckpt, map_location=device).eval()
+    features = model.data_config.get("features")
+    if not is_classification(model.hparams.task) or not features:
+        trained_on = "audio" if features else "feature sequences"
+        raise ConfigError(
+            f"{ckpt}: {purpose} needs a classifier of audio; this is a {model.hparams.task} model of {trained_on}"
+        )
+    return model
+
+
 def spot(
     ckpt: Path,
     inputs: list[Path],
@@ -149,13 +162,8 @@ def spot(
     if temperature is not None and not temperature > 0:
         raise ConfigError(f"--temperature must be > 0, got {temperature}")
     device = resolve_device(device)
-    model = RNNClassifier.from_checkpoint(ckpt, map_location=device).eval()
+    model = audio_classifier(ckpt, device, "spotting")
     config = model.data_config
-    if not is_classification(model.hparams.task) or not config.get("features"):
-        trained_on = "audio" if config.get("features") else "feature sequences"
-        raise ConfigError(
-            f"{ckpt}: spotting needs a classifier of audio; this is a {model.hparams.task} model of {trained_on}"
-        )
     calibration = stored_spotting(config, str(ckpt), warn=False)
     given = {"hop_s": hop_s, "window_s": window_s, "smoothing_s": smoothing_s, "refractory_s": refractory_s}
     detection = detection_settings({**given, "mode": mode}, calibration.detection, str(ckpt))

@@ -14,9 +14,8 @@ from torch import Tensor
 from speechrnn.audio_io import AudioBytes, read_audio
 from speechrnn.errors import ConfigError
 from speechrnn.inference import Predictor
-from speechrnn.models.classifier import RNNClassifier, is_classification
 from speechrnn.normalization import normalization_of
-from speechrnn.spot import class_thresholds, detection_settings
+from speechrnn.spot import audio_classifier, class_thresholds, detection_settings
 from speechrnn.spotting.events import Event, detect_events
 from speechrnn.spotting.scoring import (
     Mode,
@@ -59,13 +58,8 @@ class ServedModel:
     ) -> None:
         self.ckpt = Path(ckpt)
         self.device = device
-        model = RNNClassifier.from_checkpoint(ckpt, map_location=device).eval()
+        model = audio_classifier(ckpt, device, "serving")
         config = model.data_config
-        if not is_classification(model.hparams.task) or not config.get("features"):
-            trained_on = "audio" if config.get("features") else "feature sequences"
-            raise ConfigError(
-                f"{ckpt}: serving needs a classifier of audio; this is a {model.hparams.task} model of {trained_on}"
-            )
         self.model = model
         self.predictor = Predictor(model, device)
         self.rate = self.predictor.settings.rate
