@@ -571,6 +571,18 @@ class Predictor:
         entry = self._known[name]
         return torch.tensor(entry["mean"]), torch.tensor(entry["std"])
 
+    def average_speaker(self) -> SpeakerStatistics:
+        """The training voices' statistics pooled, each voice weighted alike (the mean of their means;
+        their frames' spread about it): a stand-in for a voice that has said nothing yet, such as a
+        live stream, whose own statistics cannot be known in advance."""
+        if not self._known:
+            raise KeyError("the checkpoint stores no speaker statistics (the model does not normalise per speaker)")
+        means = torch.tensor([entry["mean"] for entry in self._known.values()], dtype=torch.float64)
+        stds = torch.tensor([entry["std"] for entry in self._known.values()], dtype=torch.float64)
+        mean = means.mean(0)
+        variance = (stds**2 + means**2).mean(0) - mean**2
+        return mean.float(), variance.clamp_min(0).sqrt().float()
+
     def predict_waveform(
         self, waveform: Tensor | np.ndarray, sample_rate: int, speaker: SpeakerStatistics | None = None
     ) -> dict[str, float]:

@@ -403,3 +403,38 @@ def test_the_load_benchmark_runs_short_without_errors(checkpoint: Path, tmp_path
         assert level["requests_per_s"] > 0 and level["rss_mib"]["after"] > 0
     for level in result["stream"]:
         assert level["errors"] == 0 and level["chunks"] > 0 and level["p50_ms"] > 0
+
+
+def test_a_model_normalised_per_speaker_streams_with_the_training_voices_pooled(tmp_path: Path) -> None:
+    """A live stream's own statistics are unknown when it starts: without --speaker it is normalised
+    with the training voices' statistics pooled (each voice alike), and it streams; uploads keep
+    their own statistics, as predict gives them."""
+    model = tone_model()
+    features = FeatureSettings.from_dict(model.data_config["features"])
+    dim = features.feature_dim
+    voices = {"a": {"mean": [1.0] * dim, "std": [1.0] * dim}, "b": {"mean": [3.0] * dim, "std": [2.0] * dim}}
+    model.data_config = {
+        **model.data_config,
+        "features": {**model.data_config["features"], "normalize": "speaker"},
+        "speaker_statistics": voices,
+    }
+    served = ServedModel(save_checkpoint(model, tmp_path / "speaker.ckpt"))
+    mean, std = served.live_speaker
+    assert torch.allclose(mean, torch.full((dim,), 2.0)) and torch.allclose(
+        std, torch.full((dim,), 3.5**0.5)
+    )  # (1 + 1 + 4 + 9) / 2 - 2**2
+    upload = io.BytesIO()
+    sf.write(upload, tone(0.8, np.random.default_rng(3)), RATE, format="WAV")
+    from speechrnn.audio_io import AudioBytes
+
+    own, _ = served.predictor.speaker_statistics([AudioBytes(upload.getvalue())])
+    assert torch.allclose(served.clip_statistics(AudioBytes(upload.getvalue()))[0], own[0])
+    with BackgroundServer(create_app(served, LIMITS)) as running:
+        with ws_client.connect(stream_url(running, rate=RATE, format="f32")) as stream:
+            assert json.loads(stream.recv())["type"] == "ready"
+            stream.send(tone(1.5, np.random.default_rng(4)).tobytes())
+            stream.send("end")
+            kinds = set()
+            while (message := json.loads(stream.recv(timeout=30)))["type"] != "end":
+                kinds.add(message["type"])
+    assert "labels" in kinds

@@ -72,6 +72,12 @@ class ServedModel:
                 self.stream_speaker = self.predictor.known_speaker(speaker)
             except KeyError as error:
                 raise ConfigError(f"--speaker: {error.args[0]}") from None
+        self.live_speaker = self.stream_speaker
+        """What a live stream of a model normalised per speaker is normalised with: ``--speaker``'s voice,
+        else the training voices pooled (:meth:`~speechrnn.inference.Predictor.average_speaker`), since a
+        stream's own statistics are unknown when it starts; uploads use their own, as ``predict`` does."""
+        if self.per_speaker and self.live_speaker is None:
+            self.live_speaker = self.predictor.average_speaker()
 
         calibration = stored_spotting(config, str(ckpt), warn=False)
         given = {key: getattr(spotting, key) for key in ("hop_s", "window_s", "smoothing_s", "refractory_s")}
@@ -142,17 +148,12 @@ class ServedModel:
     def scorer(self) -> WindowScorer | StreamScorer:
         """A fresh scorer for one stream, at the hop and window ``score_blocks`` would use (whole
         feature frames); its ``push`` takes samples at the model's rate and returns ``(times, logits)``."""
-        if self.per_speaker and self.stream_speaker is None:
-            raise ConfigError(
-                f"{self.ckpt} normalises per speaker: a live stream needs a voice's statistics; start the server "
-                "with --speaker NAME (a voice of the training corpus)"
-            )
         frame = self.predictor.settings.hop_length
         hop = max(1, round(self.hop_s * self.rate / frame))
         window = max(1, round(self.window_s * self.rate / frame))
         if self.mode == "window":
-            return WindowScorer(self.model, window * frame, hop * frame, 1, self.stream_speaker)  # no wait for a batch
-        return StreamScorer(self.model, window, hop, self.stream_speaker)
+            return WindowScorer(self.model, window * frame, hop * frame, 1, self.live_speaker)  # no wait for a batch
+        return StreamScorer(self.model, window, hop, self.live_speaker)
 
     @property
     def frame_seconds(self) -> tuple[float, float]:
