@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import soundfile as sf
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader
@@ -382,6 +383,20 @@ class AudioDataModule(SequenceDataModuleBase):
             counts = per_split(records)
         return background_regions(background_files(self.background_dir), counts, self.silence_seconds)[split]
 
+    def training_background(self) -> torch.Tensor:
+        """The training split's background audio (:meth:`background_recordings`), one waveform at the
+        feature rate: what ``augment.background_noise`` mixes into training clips."""
+        rate = self.features.rate
+        parts = []
+        for path, start, end in self.background_recordings("train"):
+            native = sf.info(path).samplerate
+            wave = read_audio(path, rate, max_seconds=None)
+            stop = round(end * rate / native) if end is not None else None
+            parts.append(wave[round(start * rate / native) : stop])
+        if not parts:
+            raise ConfigError(f"{type(self).__name__}: augment.background_noise: the training split has no background")
+        return torch.cat(parts)
+
     def _check_augmentation(self, augment: AugmentSettings | None, on_device_features: bool | None) -> None:
         if augment is not None and augment.needs_waveforms and on_device_features is False:
             raise ConfigError(
@@ -596,7 +611,8 @@ class AudioDataModule(SequenceDataModuleBase):
     @property
     def augmenter(self) -> Augmenter:
         if self._augmenter is None:
-            self._augmenter = Augmenter(self.augment, self.features.rate, self.features.hop_length)
+            noise = self.training_background() if self.augment.background_noise else None
+            self._augmenter = Augmenter(self.augment, self.features.rate, self.features.hop_length, noise)
         return self._augmenter
 
     def featurize(self, batch: Any, training: bool = False) -> Any:

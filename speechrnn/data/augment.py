@@ -32,6 +32,11 @@ class AugmentSettings:
     noise_dir: str | None = None
     """Folder of noise recordings mixed into training clips (needs ``on_device_features``, which
     keeps waveforms until the batch is on the device); None turns it off."""
+    background_noise: bool = False
+    """Mix the corpus's own background recordings into training clips, from the training split's
+    regions only (an open-set corpus's ``_silence_`` material, :mod:`speechrnn.data.open_set`): a keyword
+    spotter then hears its words over the noise it will meet in streams, and no test background leaks
+    into training. Needs ``on_device_features``; not with ``noise_dir``."""
     noise_snr_db: tuple[float, float] = (5.0, 20.0)
     """Range of the signal-to-noise ratio (dB) drawn for each clip."""
     noise_probability: float = 0.8
@@ -70,6 +75,8 @@ class AugmentSettings:
         low, high = self.noise_snr_db
         if low > high:
             raise ValueError(f"augment.noise_snr_db must be (low, high) with low <= high, got {self.noise_snr_db}")
+        if self.background_noise and self.noise_dir:
+            raise ValueError("augment.background_noise and augment.noise_dir are two sources of noise: give one")
         if not 0 <= self.noise_probability <= 1:
             raise ValueError(f"augment.noise_probability must be in [0, 1], got {self.noise_probability}")
         if any(not 0.5 <= factor <= 2.0 for factor in self.speed_factors):
@@ -89,7 +96,8 @@ class AugmentSettings:
     @property
     def needs_waveforms(self) -> bool:
         """Whether some part works on waveforms (and so needs ``on_device_features``)."""
-        return bool(self.noise_dir or self.coloured_noise or self.speeds or self.vtln_warp or self.gain_db)
+        noise = self.noise_dir or self.background_noise or self.coloured_noise
+        return bool(noise or self.speeds or self.vtln_warp or self.gain_db)
 
     @property
     def speeds(self) -> tuple[float, ...]:
@@ -169,7 +177,11 @@ class AugmentedStatistics:
 class Augmenter(nn.Module):
     """Applies :class:`AugmentSettings` to training batches (waveforms or features)."""
 
-    def __init__(self, settings: AugmentSettings, sample_rate: int, hop_length: int) -> None:
+    def __init__(
+        self, settings: AugmentSettings, sample_rate: int, hop_length: int, noise: torch.Tensor | None = None
+    ) -> None:
+        """``noise``: the noise to mix in, at ``sample_rate`` (the training background of
+        ``background_noise``); None: ``noise_dir``'s recordings, if any."""
         super().__init__()
         self.settings = settings
         self.sample_rate = sample_rate
@@ -177,7 +189,9 @@ class Augmenter(nn.Module):
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.freq_mask = torchaudio.transforms.FrequencyMasking(max(1, settings.freq_mask_width), iid_masks=True)
         self.time_mask = torchaudio.transforms.TimeMasking(max(1, settings.time_mask_width), iid_masks=True)
-        self.register_buffer("noise", self._load_noise(settings.noise_dir, sample_rate), persistent=False)
+        if noise is None:
+            noise = self._load_noise(settings.noise_dir, sample_rate)
+        self.register_buffer("noise", noise.float(), persistent=False)
         self.resamplers = nn.ModuleList(
             torchaudio.transforms.Resample(round(sample_rate * factor), sample_rate) for factor in settings.speeds
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from scipy import signal
 
 from speechrnn.data import AudioFolderDataModule, SpeechCommandsDataModule, SyntheticCommandsDataModule
@@ -262,3 +263,31 @@ def test_fit_refuses_unknown_keywords_before_any_cache(folder_corpus: tuple[Path
     with pytest.raises(UserInputError, match=r"keywords \['zebra'\] are not labels"):
         fit(args)
     assert not (tmp_path / "cache").exists()
+
+
+def test_background_noise_augmentation_mixes_in_the_training_regions_only(
+    folder_corpus: tuple[Path, Path], tmp_path: Path
+) -> None:
+    manifest, background = folder_corpus
+    from speechrnn.data.augment import AugmentSettings
+
+    options = {"manifest": manifest, "cache_dir": tmp_path / "cache", "keywords": ["up", "down"]}
+    dm = AudioFolderDataModule(
+        **options, background_dir=background, on_device_features=True, augment=AugmentSettings(background_noise=True)
+    )
+    noise = dm.training_background()
+    regions = dm.background_recordings("train")
+    expected = np.concatenate([sf.read(path, dtype="float32")[0][start:end] for path, start, end in regions])
+    assert len(noise) == len(expected) and np.allclose(noise.numpy(), expected, atol=1e-4)
+    for path, start, _ in dm.background_recordings("test"):  # no test background in the training noise
+        assert (
+            where_in(sf.read(path, dtype="float64")[0][start : start + 1600], noise.numpy().astype(np.float64))[0] < 0.5
+        )
+    assert torch.equal(dm.augmenter.noise, noise)
+    with pytest.raises(ConfigError, match="no background"):
+        no_background = AudioFolderDataModule(
+            **{**options, "keywords": None}, augment=AugmentSettings(background_noise=True), on_device_features=True
+        )
+        assert no_background.augmenter is None
+    with pytest.raises(ValueError, match="two sources of noise"):
+        AugmentSettings(background_noise=True, noise_dir=str(background))
