@@ -94,6 +94,12 @@ def machine_lines() -> list[str]:
     ]
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for a GPU's queued work (nothing on a CPU), so a timer reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def folder_mib(path: str | Path) -> float:
     """Bytes of every file under ``path``, in MiB."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20

@@ -36,7 +36,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from common import command_line, load_line, machine_lines
+from common import command_line, load_line, machine_lines, synchronize
 
 from speechrnn.cli import SpeechRNNCLI
 from speechrnn.data.corpora.sequences import save_npz
@@ -68,11 +68,6 @@ class Settings:
     """Functions listed in the profile."""
     options: tuple[str, ...] = ()
     """Extra ``speechrnn fit`` options for the fit loop (e.g. ``--trainer.log_every_n_steps=50``)."""
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class GpuBusy:

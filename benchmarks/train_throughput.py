@@ -20,7 +20,7 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from common import command_line
+from common import command_line, synchronize
 from torch.utils.data import DataLoader, Dataset
 
 from speechrnn.models import RNNClassifier, SequenceClassifierNet
@@ -118,11 +118,6 @@ class Settings:
     def network(self) -> SequenceClassifierNet:
         """A new bidirectional network of these sizes (the bare loop's)."""
         return SequenceClassifierNet(self.features, self.classes, self.cell, self.hidden, self.layers, True)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bare_loop(
