@@ -21,8 +21,10 @@ from speechrnn.spotting.scoring import (
     Mode,
     StreamScorer,
     WindowScorer,
+    new_scorer,
     resolve_mode,
     score_blocks,
+    scoring_frames,
     speaker_statistics,
     tempered_softmax,
     window_seconds,
@@ -148,22 +150,16 @@ class ServedModel:
     def scorer(self) -> WindowScorer | StreamScorer:
         """A fresh scorer for one stream, at the hop and window ``score_blocks`` would use (whole
         feature frames); its ``push`` takes samples at the model's rate and returns ``(times, logits)``."""
-        frame = self.predictor.settings.hop_length
-        hop = max(1, round(self.hop_s * self.rate / frame))
-        window = max(1, round(self.window_s * self.rate / frame))
-        if self.mode == "window":
-            return WindowScorer(self.model, window * frame, hop * frame, 1, self.live_speaker)  # no wait for a batch
-        return StreamScorer(self.model, window, hop, self.live_speaker)
+        settings = self.predictor.settings
+        hop, window, _ = scoring_frames(self.model, self.mode, settings, self.hop_s, self.window_s)
+        return new_scorer(self.model, self.mode, settings, hop, window, 1, self.live_speaker)  # no wait for a batch
 
     @property
     def frame_seconds(self) -> tuple[float, float]:
         """The hop and window of a stream's track, in seconds, as rounded to whole frames."""
-        frame = self.predictor.settings.hop_length
-        hop = max(1, round(self.hop_s * self.rate / frame)) * frame / self.rate
-        window = max(1, round(self.window_s * self.rate / frame)) * frame / self.rate
-        if self.mode == "stream" and self.model.net.per_step:
-            window = hop
-        return hop, window
+        settings = self.predictor.settings
+        hop, _, covered = scoring_frames(self.model, self.mode, settings, self.hop_s, self.window_s)
+        return hop * settings.hop_length / self.rate, covered * settings.hop_length / self.rate
 
     def softmax(self, logits: Tensor) -> np.ndarray:
         """Logits of a scorer as probabilities at the served temperature."""

@@ -320,6 +320,33 @@ class StreamScorer:
         return [(times, self.net.head(self.net.pooling(windows, lengths)).cpu())]
 
 
+def scoring_frames(
+    model: RNNClassifier, mode: Literal["window", "stream"], settings: FeatureSettings, hop_s: float, window_s: float
+) -> tuple[int, int, int]:
+    """``hop_s`` and ``window_s`` rounded to whole feature frames, and the frames each score covers (a
+    per-step model streamed scores each hop alone): ``(hop, window, covered)``."""
+    hop = max(1, round(hop_s * settings.rate / settings.hop_length))
+    window = max(1, round(window_s * settings.rate / settings.hop_length))
+    return hop, window, hop if mode == "stream" and model.net.per_step else window
+
+
+def new_scorer(
+    model: RNNClassifier,
+    mode: Literal["window", "stream"],
+    settings: FeatureSettings,
+    hop: int,
+    window: int,
+    batch_size: int,
+    speaker: SpeakerStatistics | None,
+) -> WindowScorer | StreamScorer:
+    """A fresh scorer of ``mode`` for one recording or stream, every ``hop`` frames over ``window``
+    frames (:func:`scoring_frames`)."""
+    if mode == "window":
+        frame = settings.hop_length
+        return WindowScorer(model, window * frame, hop * frame, batch_size, speaker)
+    return StreamScorer(model, window, hop, speaker)
+
+
 def score_blocks(
     model: RNNClassifier,
     blocks: Iterable[np.ndarray],
@@ -352,13 +379,9 @@ def score_blocks(
             "this model normalises features per speaker (features.normalize='speaker'): pass the speaker's statistics "
             "(speaker_statistics computes them from recordings, score_file from the file itself)"
         )
+    hop, window, covered = scoring_frames(model, chosen, settings, hop_s, window_seconds(model, window_s))
+    scorer = new_scorer(model, chosen, settings, hop, window, batch_size, speaker)
     frame = settings.hop_length
-    hop = max(1, round(hop_s * settings.rate / frame))
-    window = max(1, round(window_seconds(model, window_s) * settings.rate / frame))
-    if chosen == "window":
-        scorer: WindowScorer | StreamScorer = WindowScorer(model, window * frame, hop * frame, batch_size, speaker)
-    else:
-        scorer = StreamScorer(model, window, hop, speaker)
     resampler = BlockResampler(sample_rate, settings.rate)
     rows, total = Rows(len(model.class_names)), 0
     for block in blocks:
@@ -372,12 +395,11 @@ def score_blocks(
         raise ValueError(f"audio too short: {total} samples at {settings.rate} Hz, need at least {settings.win_length}")
     times, logits = rows.result()
     probabilities = tempered_softmax(logits, temperature).numpy().astype(np.float32)
-    track_window = hop if chosen == "stream" and model.net.per_step else window
     return PosteriorTrack(
         times=times,
         probabilities=probabilities,
         class_names=list(model.class_names),
-        window_s=track_window * frame / settings.rate,
+        window_s=covered * frame / settings.rate,
         hop_s=hop * frame / settings.rate,
         duration_s=total / settings.rate,
         mode=chosen,
