@@ -324,7 +324,7 @@ grep -E "$FIGURES" "$WORK/3_throughput_packed.out" 2>/dev/null | sed "s/^/  pack
 
 # --- 3b. fit's loop against a bare loop: host overhead and the GPU's busy share over the timed steps ----
 run_step 3b_host_overhead 3_train_throughput.log "$CAP_OVERHEAD" "$PY" benchmarks/host_overhead.py "${OVERHEAD_ARGS[@]}"
-grep -E "^(model:|bare loop|fit's loop|fit / bare)" "$WORK/3b_host_overhead.out" 2>/dev/null |
+grep -E "^(model:|bare loop|Lightning alone|fit's loop|fit / bare)" "$WORK/3b_host_overhead.out" 2>/dev/null |
     sed 's/^/  host overhead: /' | tee -a "$SUMMARY"
 
 # --- 4. pipelines: naive (a) vs feature cache (b) vs on-device features (c) ---------------------------

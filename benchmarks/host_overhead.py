@@ -9,7 +9,11 @@ Both loops read the same batches from the same DataModule (``SequenceDataModule`
 ``.npz``) and train the same network with the same loss, clipping, AdamW and one-cycle schedule.
 ``fit``'s loop is the Trainer ``speechrnn fit`` builds (its logger, checkpoint callbacks, progress
 bar, metrics); only the steps are timed (after ``--warmup``), never validation or process start.
-Repeats alternate the two loops; medians are reported. With ``--profile true`` one more ``fit`` run
+A third loop, "Lightning alone", is the floor Lightning itself sets: a Trainer with no logger,
+callbacks, progress bar or checkpoints, over the same model whose ``training_step`` only returns the
+loss (no metrics, no loss bookkeeping), with the same clipping, optimizer and schedule. What ``fit``
+adds above it is speechrnn's; what it adds above the bare loop is Lightning's automatic optimisation.
+Repeats alternate the loops; medians are reported. With ``--profile true`` one more ``fit`` run
 is profiled (cProfile, which slows it) and its time per step is split by package and by function.
 
     python benchmarks/host_overhead.py [--steps 300] [--repeats 5] [--profile true]
@@ -26,12 +30,14 @@ import cProfile
 import io
 import pstats
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
+from unittest.mock import patch
 
 import numpy as np
 import pytorch_lightning as pl
@@ -142,7 +148,8 @@ def fit_cli(settings: Settings, corpus: Path, root: Path) -> SpeechRNNCLI:
         f"--trainer.accelerator={'gpu' if settings.device == 'cuda' else 'cpu'}", "--trainer.devices=1",
         f"--trainer.default_root_dir={root}", *settings.options,
     ]  # fmt: skip
-    cli = SpeechRNNCLI(args=args, run=False)
+    with patch.object(sys, "argv", sys.argv[:1]):  # this script's own options are not fit's
+        cli = SpeechRNNCLI(args=args, run=False)
     cli.datamodule.required_splits = SPLITS
     return cli
 
@@ -157,6 +164,29 @@ def time_fit(settings: Settings, corpus: Path, root: Path, profiler: cProfile.Pr
     timer = StepTimer(settings.warmup, settings.steps, profiler)
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert timer.busy is not None
+    return 1e6 * (timer.end - timer.start) / settings.steps, timer.busy.share
+
+
+def loss_only_step(model: pl.LightningModule, batch, batch_idx: int) -> torch.Tensor:
+    features, lengths, targets = batch[:3]
+    return model.loss(model(features, lengths), targets, lengths)
+
+
+def time_lightning_alone(settings: Settings, corpus: Path, root: Path) -> Timing:
+    """Lightning's own floor: a bare Trainer (no logger, callbacks, progress bar, checkpoints or model
+    summary) over the same model, data, precision and clipping, its ``training_step`` only the loss."""
+    cli = fit_cli(settings, corpus, root)
+    model = cli.model
+    model.training_step = MethodType(loss_only_step, model)
+    model.on_before_optimizer_step = MethodType(lambda self, optimizer: None, model)
+    timer = StepTimer(settings.warmup, settings.steps)
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator=cli.trainer.accelerator, devices=1, precision=cli.trainer.precision,
+        gradient_clip_val=cli.trainer.gradient_clip_val, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], default_root_dir=root,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=cli.datamodule)
     assert timer.busy is not None
     return 1e6 * (timer.end - timer.start) / settings.steps, timer.busy.share
 
@@ -238,7 +268,7 @@ def print_profile(profiler: cProfile.Profile, steps: int, top: int) -> None:
 
 
 def main(settings: Settings) -> None:
-    """Time both loops alternately, print medians, their ratio and (optionally) the profile."""
+    """Time the loops alternately, print medians, ratios to the bare loop and (optionally) the profile."""
     tiny = settings.hidden * settings.batch <= 64
     if tiny and settings.device == "cpu":
         torch.set_num_threads(1)  # the tiny model's arithmetic gains nothing from threads
@@ -250,9 +280,10 @@ def main(settings: Settings) -> None:
           f"{torch.get_num_threads()} threads")  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         corpus = write_corpus(settings, Path(folder))
-        runs: dict[str, list[Timing]] = {"bare loop": [], "fit's loop": []}
+        runs: dict[str, list[Timing]] = {"bare loop": [], "Lightning alone": [], "fit's loop": []}
         for repeat in range(settings.repeats):
             runs["bare loop"].append(time_bare(settings, corpus, Path(folder) / f"bare{repeat}"))
+            runs["Lightning alone"].append(time_lightning_alone(settings, corpus, Path(folder) / f"alone{repeat}"))
             runs["fit's loop"].append(time_fit(settings, corpus, Path(folder) / f"fit{repeat}"))
         medians = {}
         for name, timings in runs.items():
@@ -260,11 +291,15 @@ def main(settings: Settings) -> None:
             rate = settings.batch * 1e6 / medians[name]
             shares = [share for _, share in timings if share is not None]
             busy = f", GPU busy {100 * statistics.median(shares):.0f} % of the timed steps" if shares else ""
-            print(f"{name:<11} {medians[name]:9.1f} us/step, {rate:,.0f} samples/s{busy}  "
+            print(f"{name:<15} {medians[name]:9.1f} us/step, {rate:,.0f} samples/s{busy}  "
                   f"(runs: {', '.join(f'{us:.0f}' for us, _ in timings)})")  # fmt: skip
-        bare_us, fit_us = medians["bare loop"], medians["fit's loop"]
-        print(f"fit / bare time per step: {fit_us / bare_us:.3f}; fit's speed {bare_us / fit_us:.3f}x the bare "
-              f"loop's (host overhead {fit_us - bare_us:.0f} us per step)")  # fmt: skip
+        bare = [us for us, _ in runs["bare loop"]]
+        for name, label in (("Lightning alone", "Lightning alone / bare"), ("fit's loop", "fit / bare")):
+            loop_us = medians[name]
+            ratios = [us / base for (us, _), base in zip(runs[name], bare, strict=True)]
+            print(f"{label} time per step: {loop_us / medians['bare loop']:.3f} (median of the repeats' own "
+                  f"ratios {statistics.median(ratios):.3f}); host overhead {loop_us - medians['bare loop']:.0f} "
+                  "us per step")  # fmt: skip
         if settings.profile:
             profiler = cProfile.Profile()
             time_fit(settings, corpus, Path(folder) / "profiled", profiler)

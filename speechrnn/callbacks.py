@@ -1,7 +1,8 @@
-"""Small Lightning callbacks speechrnn adds to every run."""
+"""Small Lightning callbacks (and the profiler) speechrnn adds to every run."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any, Literal
@@ -9,7 +10,37 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.profilers import PassThroughProfiler
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+_NOTHING = contextlib.nullcontext()
+
+
+class QuietProfiler(PassThroughProfiler):
+    """Lightning's default profiler (which profiles nothing) without its cost: the Trainer enters
+    ``profile()`` around every hook of every callback, about 80 times a training step, and the default
+    builds a generator-based context manager each time. This one hands back one shared no-op context.
+    ``--trainer.profiler simple`` (or any other) still replaces it."""
+
+    def profile(self, action_name: str) -> contextlib.AbstractContextManager:  # type: ignore[override]
+        return _NOTHING
+
+
+class CachedStateKey:
+    """A callback's ``state_key`` computed once: the Trainer formats it around every hook it calls
+    (six a training step), and checkpoint and early-stopping callbacks build it from a ``repr`` of
+    their settings each time. The key itself is unchanged, so checkpoints resume as before; a class
+    that changes the settings the key is built from calls :meth:`forget_state_key`."""
+
+    @property
+    def state_key(self) -> str:
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            key = self.__dict__["_state_key"] = super().state_key  # type: ignore[misc]
+        return key
+
+    def forget_state_key(self) -> None:
+        self.__dict__.pop("_state_key", None)
 
 
 class EpochTimer(pl.Callback):
@@ -45,7 +76,7 @@ class ThrottledProgressBar(RichProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
-class LastCheckpoint(ModelCheckpoint):
+class LastCheckpoint(CachedStateKey, ModelCheckpoint):
     """Rewrites ``last.ckpt`` after every epoch, so ``--ckpt_path last`` resumes the latest state.
 
     A class of its own gives it its own checkpoint state key, so it coexists with a best-checkpoint
@@ -107,7 +138,7 @@ ANNEALED_FRACTION = 0.75
 (or cosine) schedule has brought the learning rate below a fifth of its peak."""
 
 
-class AnnealedEarlyStopping(EarlyStopping):
+class AnnealedEarlyStopping(CachedStateKey, EarlyStopping):
     """Early stopping that cannot end a run before its learning rate has annealed.
 
     With a one-cycle schedule the model is still moving fast in the first three quarters of the
@@ -161,6 +192,7 @@ class AnnealedEarlyStopping(EarlyStopping):
             self.mode = "max" if self.monitor.endswith(("acc", "f1")) else "min"
             self.min_delta = abs(self.min_delta) * (1 if self.monitor_op == torch.gt else -1)
             self.best_score = torch.tensor(-torch.inf if self.monitor_op == torch.gt else torch.inf)
+        self.forget_state_key()  # the key names the monitor and mode just chosen
         super().setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

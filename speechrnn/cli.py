@@ -25,7 +25,14 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from speechrnn.callbacks import AnnealedEarlyStopping, EpochTimer, LastCheckpoint, ThrottledProgressBar, TrainingBudget
+from speechrnn.callbacks import (
+    AnnealedEarlyStopping,
+    EpochTimer,
+    LastCheckpoint,
+    QuietProfiler,
+    ThrottledProgressBar,
+    TrainingBudget,
+)
 from speechrnn.data.base import SequenceDataModuleBase
 from speechrnn.errors import ConfigError, checked_options, reported_errors
 from speechrnn.models.classifier import RNNClassifier
@@ -338,8 +345,9 @@ class SpeechRNNCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """The Trainer, with ``last.ckpt`` rewritten after every epoch (so ``--ckpt_path last`` resumes
-        from the latest state, not the best), rich's progress bar unless progress bars are off, and a
-        run folder of its own even when several runs start at once under the same root."""
+        from the latest state, not the best), rich's progress bar unless progress bars are off, a run
+        folder of its own even when several runs start at once under the same root, and, unless
+        ``--trainer.profiler`` names one, a profiler that costs nothing per hook."""
         config = self._get(self.config_init, "trainer", default={})
         budget = config.get("max_epochs") is None and config.get("max_steps") in (None, -1)
         if budget:
@@ -347,6 +355,8 @@ class SpeechRNNCLI(LightningCLI):
         if config.get("logger") in (None, True) and "logger" not in kwargs:
             root = config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = TensorBoardLogger(save_dir=root, version=run_version(root))
+        if config.get("profiler") is None and "profiler" not in kwargs:
+            kwargs["profiler"] = QuietProfiler()
         if "callbacks" not in kwargs:
             callbacks = [*(config.get("callbacks") or []), EpochTimer(), *([TrainingBudget()] if budget else [])]
             if config.get("enable_checkpointing") is not False:

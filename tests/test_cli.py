@@ -147,6 +147,31 @@ def test_keeping_only_the_latest_epoch_coexists_with_last_ckpt(tiny_corpus: Path
     assert len(keys) == 2 == len(set(keys)) and any(isinstance(c, LastCheckpoint) for c in cli.trainer.callbacks)
 
 
+def test_per_hook_costs_are_cut_without_changing_what_a_checkpoint_holds(tiny_corpus: Path, tmp_path: Path) -> None:
+    """The quiet profiler is the default and gives way to one named; cached state keys equal the ones
+    Lightning builds (checkpoints resume as before), and early stopping's follows the monitor it picks."""
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.profilers import SimpleProfiler
+
+    from speechrnn.callbacks import AnnealedEarlyStopping, LastCheckpoint, QuietProfiler
+    from speechrnn.cli import SpeechRNNCLI
+
+    cli = SpeechRNNCLI(args=fit_args(tiny_corpus, tmp_path))
+    assert isinstance(cli.trainer.profiler, QuietProfiler)
+    assert cli.trainer.profiler.profile("a") is cli.trainer.profiler.profile("b")
+    named = SpeechRNNCLI(args=fit_args(tiny_corpus, tmp_path, "--trainer.profiler", "simple"))
+    assert isinstance(named.trainer.profiler, SimpleProfiler)
+
+    last = next(c for c in cli.trainer.callbacks if isinstance(c, LastCheckpoint))
+    assert last.state_key == ModelCheckpoint.state_key.fget(last) and last.state_key.startswith("LastCheckpoint{")
+    stopping = next(c for c in cli.trainer.callbacks if isinstance(c, AnnealedEarlyStopping))
+    before = stopping.state_key
+    assert "'monitor': 'val/loss'" in before  # 'auto', resolved when the task is known
+    stopping.setup(cli.trainer, cli.model, "fit")
+    assert stopping.state_key == EarlyStopping.state_key.fget(stopping) != before
+    assert "'monitor': 'val/acc'" in stopping.state_key
+
+
 @pytest.mark.parametrize(
     "name", ["AudioFolderDataModule", "FSDDDataModule", "SyntheticCommandsDataModule", "SequenceDataModule",
              "SpeechCommandsDataModule"],

@@ -181,9 +181,11 @@ class RNNClassifier(pl.LightningModule):
     def _make_metrics(self, stage: str) -> Metric | MetricCollection:
         """The stage's metric state, updated every step on the device and read once an epoch: for
         classification one confusion matrix (accuracy and macro-F1 follow from it, :func:`confusion_scores`;
-        one update a step costs a fifth of updating both metrics), for regression MAE and MSE."""
+        one update a step costs a fifth of updating both metrics), for regression MAE and MSE. The
+        targets are not checked again here (the loss has taken them): torchmetrics' argument checks
+        read the targets back from the device on every update."""
         if is_classification(self.hparams.task):
-            return MulticlassConfusionMatrix(self.hparams.num_classes)
+            return MulticlassConfusionMatrix(self.hparams.num_classes, validate_args=False)
         return MetricCollection({"mae": MeanAbsoluteError(), "mse": MeanSquaredError()}, prefix=f"{stage}/")
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
