@@ -21,6 +21,7 @@ deltas                 :func:`deltas` (torchaudio's    ``delta(width=5, mode="ne
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -249,7 +250,6 @@ class MFCCFrontend(nn.Module):
         yields when None, as an exported graph needs: frames past each clip's end are masked like
         padding). ``warps (B,)`` reads each clip's spectrum through a warped mel filterbank
         (:func:`warped_mel_filterbanks`)."""
-        frame_lengths = self.settings.num_frames(lengths)
         audio = reflect_past_ends(waveforms.float(), lengths, self.settings.n_fft // 2)
         if warps is None:
             power = self.melspectrogram(audio)  # (B, n_mels, T)
@@ -257,6 +257,34 @@ class MFCCFrontend(nn.Module):
             spectrum = self.melspectrogram.spectrogram(audio)  # (B, n_freqs, T)
             filterbanks = warped_mel_filterbanks(self.settings, warps.to(spectrum.device))
             power = torch.bmm(filterbanks.transpose(1, 2), spectrum)
+        return self._from_mel_power(power, lengths, frames)
+
+    def compute_warps(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, warps: Sequence[float | None]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """What :meth:`forward` gives with every clip read through each of ``warps`` in turn (None:
+        the unwarped filterbank), the STFT computed once for all of them: measuring how warps move a
+        speaker's statistics needs many warps of the same clips."""
+        lengths = lengths.cpu().to(torch.int64)
+        frames = int(self.settings.num_frames(lengths).max())
+        audio = reflect_past_ends(waveforms.float(), lengths, self.settings.n_fft // 2)
+        spectrum = self.melspectrogram.spectrogram(audio)  # (B, n_freqs, T)
+        results = []
+        for warp in warps:
+            if warp is None:
+                power = self.melspectrogram.mel_scale(spectrum)
+            else:
+                bank = warped_mel_filterbanks(self.settings, torch.tensor([float(warp)], device=spectrum.device))[0]
+                power = torch.matmul(bank.transpose(0, 1), spectrum)
+            results.append(self._from_mel_power(power, lengths, frames))
+        return results
+
+    def _from_mel_power(
+        self, power: torch.Tensor, lengths: torch.Tensor, frames: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and frame lengths from mel power ``(B, n_mels, T)``: decibels with each clip's own
+        80 dB floor, the DCT, deltas, and utterance normalisation or masking past each clip's end."""
+        frame_lengths = self.settings.num_frames(lengths)
         if frames is not None:
             power = power[..., :frames]
         frames = power.shape[-1]

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -667,15 +668,25 @@ class AudioDataModule(SequenceDataModuleBase):
             return PadCollate()  # waveforms: statistics apply to features, after the front end
         return super().collate()
 
-    def group_statistics(
-        self, indices: np.ndarray, groups: np.ndarray, speed: int | None = None, warp: float | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`SequenceDataModuleBase.group_statistics`; on waveforms, optionally with every
-        clip at speed ``augment.speeds[speed]`` or read through a filterbank warped by ``warp``."""
+    def group_statistics(self, indices: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`SequenceDataModuleBase.group_statistics`, on waveforms through the front end."""
         if not self.on_device_features:
             return super().group_statistics(indices, groups)
+        return self.group_statistics_views(indices, groups, [(None, None)])[0]
+
+    def group_statistics_views(
+        self, indices: np.ndarray, groups: np.ndarray, views: Sequence[tuple[int | None, float | None]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`group_statistics` of waveforms for each view ``(speed, warp)``: every clip at speed
+        ``augment.speeds[speed]`` (None: as recorded), read through a filterbank warped by ``warp``
+        (None: unwarped). One pass over the clips; the STFT is computed once per batch and speed, and
+        shared by the warps."""
         assert self.store is not None
-        moments = FrameMoments(int(groups.max()) + 1 if len(groups) else 1, self.feature_dim)
+        count = int(groups.max()) + 1 if len(groups) else 1
+        moments = [FrameMoments(count, self.feature_dim) for _ in views]
+        by_speed: dict[int | None, list[int]] = {}
+        for view, (speed, _) in enumerate(views):
+            by_speed.setdefault(speed, []).append(view)
         group_of = dict(zip(np.asarray(indices).tolist(), np.asarray(groups).tolist(), strict=True))
         dataset = SequenceDataset(self.store, np.asarray(indices), np.zeros(len(self.store), np.int64))
         sampler = BucketBatchSampler(dataset.lengths, batch_size=CACHE_CHUNK, shuffle=False)
@@ -683,13 +694,18 @@ class AudioDataModule(SequenceDataModuleBase):
         with torch.inference_mode():
             for audio, lengths, _, batch_indices in loader:
                 audio = audio[..., 0]
-                if speed is not None:
-                    choice = torch.full((len(lengths),), speed, dtype=torch.int64)
-                    audio, lengths = self.augmenter.change_speed(audio, lengths, choice, self.features.win_length)
-                warps = None if warp is None else torch.full((len(lengths),), warp)
-                features, frame_lengths = self.frontend(audio, lengths, warps)
-                moments.add(features, frame_lengths, torch.tensor([group_of[int(i)] for i in batch_indices]))
-        return moments.result()
+                batch_groups = torch.tensor([group_of[int(i)] for i in batch_indices])
+                for speed, members in by_speed.items():
+                    clips, clip_lengths = audio, lengths
+                    if speed is not None:
+                        choice = torch.full((len(lengths),), speed, dtype=torch.int64)
+                        clips, clip_lengths = self.augmenter.change_speed(
+                            audio, lengths, choice, self.features.win_length
+                        )
+                    outputs = self.frontend.compute_warps(clips, clip_lengths, [views[v][1] for v in members])
+                    for view, (features, frame_lengths) in zip(members, outputs, strict=True):
+                        moments[view].add(features, frame_lengths, batch_groups)
+        return [moment.result() for moment in moments]
 
     def _set_speaker_statistics(self) -> None:
         super()._set_speaker_statistics()
@@ -710,24 +726,30 @@ class AudioDataModule(SequenceDataModuleBase):
         )
         count, dim = len(self.speaker_statistics), self.feature_dim
         sample_groups = groups[sample]
-        clean_mean, clean_std = self.group_statistics(sample, sample_groups)
+        seen = np.unique(sample_groups)
+        speeds = list(range(len(self.augment.speeds)))
+        grid = torch.linspace(1 - self.augment.vtln_warp, 1 + self.augment.vtln_warp, WARP_GRID)
+        warp_views = [(None, float(w)) for w in grid] if self.augment.vtln_warp else []
+        measured = self.group_statistics_views(
+            sample, sample_groups, [(None, None), *[(k, None) for k in speeds], *warp_views]
+        )
+        clean_mean, clean_std = measured[0]
 
-        def relative(**change: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            mean, std = self.group_statistics(sample, sample_groups, **change)
+        def relative(mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             shift = torch.zeros(count, dim)
             scale = torch.ones(count, dim)
-            seen = np.unique(sample_groups)
             shift[seen] = torch.from_numpy(mean[seen] - clean_mean[seen])
             scale[seen] = torch.from_numpy(std[seen] / clean_std[seen])
             return shift, scale
 
-        speeds = [relative(speed=k) for k in range(len(self.augment.speeds))]
-        grid = torch.linspace(1 - self.augment.vtln_warp, 1 + self.augment.vtln_warp, WARP_GRID)
-        warps = [relative(warp=float(w)) for w in grid] if self.augment.vtln_warp else []
+        changed = [relative(mean, std) for mean, std in measured[1:]]
+        speeds_moved, warps = changed[: len(speeds)], changed[len(speeds) :]
 
         def stack(parts: list[tuple[torch.Tensor, torch.Tensor]], which: int) -> torch.Tensor:
             if not parts:
                 return torch.zeros(count, 0, dim)
             return torch.stack([part[which] for part in parts], dim=1)
 
-        return AugmentedStatistics(stack(speeds, 0), stack(speeds, 1), grid, stack(warps, 0), stack(warps, 1))
+        return AugmentedStatistics(
+            stack(speeds_moved, 0), stack(speeds_moved, 1), grid, stack(warps, 0), stack(warps, 1)
+        )

@@ -66,6 +66,20 @@ def test_vtln_at_factor_one_is_exactly_the_unwarped_front_end() -> None:
     assert torch.equal(plain[0], unwarped[0]) and torch.equal(plain[1], unwarped[1])
 
 
+def test_warps_from_one_stft_equal_the_front_end_at_each_warp() -> None:
+    frontend = MFCCFrontend(FeatureSettings(deltas=1).resolve(RATE))
+    audio, lengths = clips([4000, 2500, 3300])
+    warps = [None, 0.9, 1.0, 1.12]
+    shared = frontend.compute_warps(audio, lengths, warps)
+    assert len(shared) == len(warps)
+    for warp, (features, frames) in zip(warps, shared, strict=True):
+        each = None if warp is None else torch.full((3,), warp)
+        alone, alone_frames = frontend(audio, lengths, each)
+        assert torch.equal(frames, alone_frames)
+        torch.testing.assert_close(features, alone, atol=1e-5, rtol=1e-5)
+    assert (shared[1][0] - shared[0][0]).abs().max() > 0.1
+
+
 def test_vtln_batched_equals_each_clip_alone_and_changes_the_features() -> None:
     frontend = MFCCFrontend(FeatureSettings().resolve(RATE))
     audio, lengths = clips([4000, 2500, 3300])
