@@ -9,7 +9,6 @@ from typing import Any, Literal, get_args
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities import grad_norm
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -192,10 +191,14 @@ class RNNClassifier(pl.LightningModule):
         return self.net(features, lengths)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Move everything but ``lengths`` (batch[1]), which stays on the CPU for packing."""
+        """Move the features and targets; ``lengths`` (batch[1]) stay on the CPU for packing, and the
+        clip indices (batch[3]) for looking up each clip's speaker statistics and record: reading
+        them back from a GPU would wait for all its queued work on every step."""
         if isinstance(batch, (tuple, list)) and len(batch) > 1:
-            moved = super().transfer_batch_to_device([batch[0], *batch[2:]], device, dataloader_idx)
-            return (moved[0], batch[1], *moved[1:])
+            stay = (1, 3)
+            moving = [item for position, item in enumerate(batch) if position not in stay]
+            moved = iter(super().transfer_batch_to_device(moving, device, dataloader_idx))
+            return tuple(item if position in stay else next(moved) for position, item in enumerate(batch))
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -309,12 +312,13 @@ class RNNClassifier(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log the gradient norm before clipping, so exploding gradients are visible (on the steps the
-        logger writes, the only ones where it would be seen)."""
+        logger writes, the only ones where it would be seen). The norm stays on the device until the
+        logger reads it (Lightning's ``grad_norm`` reads each parameter's norm back to the host)."""
         if not self._logging_step():
             return
-        norms = grad_norm(self, norm_type=2)
-        if norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads, 2.0), on_step=True, on_epoch=False)
 
     def configure_optimizers(self) -> Any:
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]

@@ -121,3 +121,15 @@ def test_training_logs_the_loss_at_the_logging_interval_and_the_epoch_mean(tiny_
     assert {"train/loss_epoch", "train/acc", "train/f1", "val/loss", "val/acc", "val/f1"} <= set(metrics)
     expected = sum(loss * size for loss, size in zip(steps, sizes, strict=True)) / sum(sizes)
     assert float(metrics["train/loss_epoch"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_lengths_and_clip_indices_stay_on_the_cpu_when_a_batch_moves() -> None:
+    """Both are read on the host every step (packing; speaker statistics and records by index): on a
+    GPU, reading them back would wait for the device."""
+    model = RNNClassifier(input_size=3, num_classes=2, hidden_size=4)
+    batch = (torch.zeros(2, 5, 3), torch.tensor([5, 3]), torch.tensor([0, 1]), torch.tensor([7, 9]))
+    features, lengths, targets, indices = model.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert features.device.type == targets.device.type == "meta"
+    assert lengths.device.type == indices.device.type == "cpu" and indices.tolist() == [7, 9]
+    features, lengths = model.transfer_batch_to_device(batch[:2], torch.device("meta"), 0)
+    assert features.device.type == "meta" and lengths.device.type == "cpu"
