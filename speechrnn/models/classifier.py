@@ -170,6 +170,15 @@ class RNNClassifier(pl.LightningModule):
         self.val_metrics = self._make_metrics("val")
         self.test_metrics = self._make_metrics("test")
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``nn.Module``'s, except for the name of the running hook, which the Trainer sets around
+        every hook it calls (about 50 times a training step) and which is never a tensor or module:
+        stored directly, it skips ``nn.Module``'s parameter, buffer and module checks."""
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, map_location: Any = "cpu") -> RNNClassifier:
         """The model of a checkpoint written by ``python -m speechrnn.fit``, loaded with
