@@ -17,6 +17,7 @@ from speechrnn.data.augment import AugmentSettings
 from speechrnn.data.defaults import (
     CPU_WAVEFORM_AUGMENT_MINUTES,
     FEATURE_AUGMENT,
+    SPOTTING_NOISE,
     WAVEFORM_AUGMENT,
     choose_augmentation,
     training_audio_minutes,
@@ -108,6 +109,40 @@ def test_augmentation_rule() -> None:
     assert choose_augmentation(AugmentSettings(), None, None, on_gpu=False)[:2] == (AugmentSettings(), False)
     reason = choose_augmentation(None, None, limit + 1, on_gpu=False)[2]
     assert f"> {limit:g} min on a CPU" in reason
+
+
+def test_an_open_set_run_mixes_in_its_background_whatever_the_corpus_size() -> None:
+    limit = CPU_WAVEFORM_AUGMENT_MINUTES
+    large, on_device, reason = choose_augmentation(None, None, limit + 1, on_gpu=False, background=True)
+    assert (large, on_device) == (dataclasses.replace(FEATURE_AUGMENT, **SPOTTING_NOISE), True)
+    assert large.background_noise and not large.coloured_noise and large.time_shift_ms == 200 and not large.speeds
+    assert "background mixed in" in reason and f"> {limit:g} min on a CPU" in reason
+    for small in (choose_augmentation(None, None, limit, on_gpu=False, background=True)[0],
+                  choose_augmentation(None, None, None, on_gpu=True, background=True)[0]):  # fmt: skip
+        assert small == dataclasses.replace(WAVEFORM_AUGMENT, **SPOTTING_NOISE)
+        assert small.speeds and small.vtln_warp and small.background_noise and not small.coloured_noise
+    assert choose_augmentation(None, False, 1.0, on_gpu=False, background=True)[:2] == (FEATURE_AUGMENT, False)
+    given = AugmentSettings(time_shift_ms=10)
+    assert choose_augmentation(given, None, None, on_gpu=False, background=True)[:2] == (given, False)
+
+
+def test_an_open_set_run_normalises_over_the_dataset_and_hears_its_training_background(tmp_path: Path) -> None:
+    from tests.data.test_open_set import write_background
+
+    manifest = write_corpus(tmp_path / "corpus", speakers=6, per_class=2)
+    options = {"manifest": manifest, "cache_dir": tmp_path / "cache", "batch_size": 4}
+    dm = AudioFolderDataModule(**options, keywords=["up", "down"], background_dir=write_background(tmp_path / "bg"))
+    dm.training_run = True
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.features.normalize == "dataset" and dm.speaker_statistics == {}
+    assert dm.augment == dataclasses.replace(WAVEFORM_AUGMENT, **SPOTTING_NOISE) and dm.on_device_features
+    assert "open set" in dm.training_defaults
+    plain = AudioFolderDataModule(**options)  # no open set: speakers known, so per speaker
+    plain.training_run = True
+    plain.prepare_data()
+    plain.setup("fit")
+    assert plain.features.normalize == "speaker" and plain.augment == WAVEFORM_AUGMENT
 
 
 def test_training_audio_is_counted_from_headers_until_the_limit(tmp_path: Path) -> None:

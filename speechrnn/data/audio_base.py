@@ -348,6 +348,22 @@ class AudioDataModule(SequenceDataModuleBase):
             unknown = sample_unknown(others, per_split(chosen), self.open_set.unknown_fraction, self.seed)
         return chosen + unknown + (self._silence_records(per_split(chosen)) if silence else [])
 
+    def non_keyword_recordings(self, split: Split) -> list[Record]:
+        """Every recording of ``split`` whose word is not a keyword (its own label kept): the negative
+        material of test streams. All of them, not the ``unknown_fraction`` sample that ``_unknown_``
+        trains on: that fraction balances classes, and hours of negative audio looped from a few
+        dozen clips would weigh each clip's false alarms a hundred times. Empty without keywords."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        keywords = self.keywords
+        if keywords is None:
+            return []
+        records = self.load_records()
+        return [
+            r for r, s in zip(records, self.record_splits(records), strict=True)
+            if s == split and r.label not in keywords and r.label != SILENCE
+        ]  # fmt: skip
+
     def _silence_records(self, keywords_per_split: dict[str, int]) -> list[Record]:
         """``_silence_`` clips cut from the background recordings (written on first use)."""
         counts = silence_counts(self.open_set.silence_fraction, keywords_per_split)
@@ -411,9 +427,13 @@ class AudioDataModule(SequenceDataModuleBase):
             )
 
     def _decide_normalization(self, records: list[Record]) -> None:
-        """``features.normalize='auto'`` decided from the records: per speaker when every clip's
-        speaker is known, else per utterance."""
-        if self.features.normalize == "auto":
+        """``features.normalize='auto'`` decided from the records: for an open set (keywords), over the
+        dataset, since a keyword spotter hears streams of unknown voices and noise with no speaker to
+        take statistics from; else per speaker when every clip's speaker is known, else per utterance."""
+        if self.features.normalize == "auto" and self.keywords is not None:
+            self.features = dataclasses.replace(self.features, normalize="dataset")
+            self._note_default("dataset normalisation (open set: streams have no one speaker)")
+        elif self.features.normalize == "auto":
             speakers_known = all(r.speaker for r in records)
             self.features = self.features.with_normalization(speakers_known)
             self._note_default(f"{self.features.normalize} normalisation" + (" (speakers known)" * speakers_known))
@@ -471,7 +491,9 @@ class AudioDataModule(SequenceDataModuleBase):
                 r.source for r, split in zip(records, self.record_splits(records), strict=True) if split == "train"
             ]
             minutes = training_audio_minutes(train, CPU_WAVEFORM_AUGMENT_MINUTES)
-        augment, on_device, why = choose_augmentation(self._augment, self._on_device_features, minutes, self._on_gpu())
+        augment, on_device, why = choose_augmentation(
+            self._augment, self._on_device_features, minutes, self._on_gpu(), background=self.background_dir is not None
+        )
         self._check_augmentation(augment, on_device)
         if self._augment is None:
             self._note_default(why)

@@ -49,8 +49,8 @@ SEGMENT_S = 5.0
 """Longest background segment laid down at one offset and gain."""
 FADE_S = 0.05
 """Equal-power cross-fade between background segments."""
-MAX_UNKNOWN_CLIPS = 500
-"""Non-keyword clips drawn from a split (seeded), at most."""
+MAX_UNKNOWN_CLIPS = 2000
+"""Non-keyword clips drawn from a split (seeded), at most (each is read once to find its speech)."""
 StreamKind = Literal["keywords", "negative"]
 
 
@@ -240,13 +240,18 @@ class StreamSet:
         settings: StreamSettings = StreamSettings(),
     ) -> StreamSet:
         """The streams of a DataModule's ``split``: its clips of the keywords among ``class_names``
-        (every class but ``_unknown_`` and ``_silence_``), its ``_unknown_`` clips and its background."""
+        (every class but ``_unknown_`` and ``_silence_``), its non-keyword words and its background.
+
+        The non-keyword words are all of the split's (``datamodule.non_keyword_recordings(split)``,
+        when the DataModule has it), not only the ``_unknown_`` sample it trains on."""
         records = datamodule.records
         chosen = [r for r, s in zip(records, datamodule.record_splits(records), strict=True) if s == split]
         keywords = set(class_names) - set(NON_KEYWORDS)
+        own = getattr(datamodule, "non_keyword_recordings", None)
+        others = (own(split) if callable(own) else []) or [r for r in chosen if r.label == UNKNOWN]
         return cls(
             [(r.source, r.label, r.segments) for r in chosen if r.label in keywords],
-            [(r.source, UNKNOWN, r.segments) for r in chosen if r.label == UNKNOWN],
+            [(r.source, UNKNOWN, r.segments) for r in others],
             background_regions(datamodule, split, chosen),
             sample_rate,
             settings,

@@ -101,6 +101,29 @@ def test_folder_corpus_keywords_unknown_and_silence(folder_corpus: tuple[Path, P
     assert Counter(r.label for r in keep_all.records)[UNKNOWN] == 18
 
 
+def test_test_streams_hold_every_non_keyword_word_of_their_split(
+    folder_corpus: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from speechrnn.spotting.streams import StreamSet, StreamSettings
+
+    manifest, background = folder_corpus
+    options = {"manifest": manifest, "cache_dir": tmp_path / "cache", "keywords": ["up", "down"]}
+    dm = AudioFolderDataModule(**options, unknown_fraction=0.1, background_dir=background)
+    plain = AudioFolderDataModule(manifest=manifest)
+    split_of = dict(zip((r.source for r in plain.records), plain.record_splits(plain.records), strict=True))
+    for split in SPLITS:
+        expected = sorted(r.source for r in plain.records if r.label == "flat" and split_of[r.source] == split)
+        sampled = [r.source for r in dm.records if r.label == UNKNOWN and r.split == split]
+        assert sorted(r.source for r in dm.non_keyword_recordings(split)) == expected
+        assert set(sampled) < set(expected)  # training sees a sample; the streams see them all
+        streams = StreamSet.from_datamodule(dm, split, dm.class_names, 16000, StreamSettings(negative_hours=0.01))
+        assert sorted(clip.path for clip in streams.unknown_clips) == expected
+        assert {clip.label for clip in streams.unknown_clips} == {UNKNOWN}
+    assert AudioFolderDataModule(manifest=manifest).non_keyword_recordings("test") == []
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        dm.non_keyword_recordings("dev")  # type: ignore[arg-type]
+
+
 def test_without_open_set_options_records_are_the_corpus_own(folder_corpus: tuple[Path, Path]) -> None:
     manifest, _ = folder_corpus
     dm = AudioFolderDataModule(manifest=manifest)
@@ -138,7 +161,13 @@ BEFORE_SHARED_OPEN_SET = {
 
 
 def record_digest(root: Path, records: list) -> tuple[int, str, str]:
-    rows = [(Path(r.source).relative_to(root).as_posix(), r.label, r.speaker, r.split, r.segments) for r in records]
+    def where(record) -> str:  # _silence_ clips now live in the cache, under the folder name they had beside the corpus
+        path = Path(record.source)
+        if record.label == SILENCE:
+            return f"{SILENCE}/{path.parent.name}/{path.name}"
+        return path.relative_to(root).as_posix()
+
+    rows = [(where(r), r.label, r.speaker, r.split, r.segments) for r in records]
     silence = b"".join(Path(r.source).read_bytes() for r in records if r.label == SILENCE)
     return (
         len(rows),
@@ -150,14 +179,17 @@ def record_digest(root: Path, records: list) -> tuple[int, str, str]:
 def test_speech_commands_twelve_class_records_are_unchanged(tmp_path: Path) -> None:
     write_speech_commands(tmp_path, version=2)
     for options, expected in BEFORE_SHARED_OPEN_SET.items():
-        dm = SpeechCommandsDataModule(root=tmp_path, task="12class", **dict(options))
+        dm = SpeechCommandsDataModule(root=tmp_path, task="12class", cache_dir=tmp_path / "cache", **dict(options))
         assert record_digest(tmp_path, dm.records) == expected, options
-    dm = SpeechCommandsDataModule(root=tmp_path, task="12class")
+    dm = SpeechCommandsDataModule(root=tmp_path, task="12class", cache_dir=tmp_path / "cache")
+    assert all(Path(r.source).is_relative_to(tmp_path / "cache" / SILENCE) for r in dm.records if r.label == SILENCE)
     assert dm.keywords == ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
     regions = {split: dm.background_recordings(split) for split in SPLITS}
     assert [path for path, _, _ in regions["test"]] == [str(p) for p in sorted(dm.corpus_background_dir.glob("*.wav"))]
     assert all(regions["train"][i][2] == regions["val"][i][1] for i in range(2))
-    all_words = SpeechCommandsDataModule(root=tmp_path, keywords=["yes", "bed"], unknown_fraction=None)
+    all_words = SpeechCommandsDataModule(
+        root=tmp_path, keywords=["yes", "bed"], unknown_fraction=None, cache_dir=tmp_path / "cache"
+    )
     assert all_words.class_names == [SILENCE, UNKNOWN, "bed", "yes"]
     assert Counter(r.label for r in all_words.records)[UNKNOWN] == 33 * 5  # 33 other words, 5 clips each
 

@@ -59,7 +59,7 @@ def write_speech_commands(root: Path, version: int = 2, words: tuple[str, ...] |
 
 @pytest.fixture(scope="module")
 def fake_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Root of a fake v2 corpus, read-only for the tests (``_silence_`` clips are written beside it)."""
+    """Root of a fake v2 corpus, read-only for the tests (``_silence_`` clips go to the cache)."""
     root = tmp_path_factory.mktemp("sc")
     write_speech_commands(root, version=2)
     return root
@@ -116,8 +116,10 @@ def test_listing_agrees_with_torchaudio_speechcommands(fake_v2: Path) -> None:
         assert mine == expected
 
 
-def test_twelve_class_task_samples_unknown_within_splits_and_cuts_silence(fake_v2: Path) -> None:
-    dm = SpeechCommandsDataModule(root=fake_v2, task="12class", unknown_fraction=0.5, silence_fraction=0.3)
+def test_twelve_class_task_samples_unknown_within_splits_and_cuts_silence(fake_v2: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    options = {"root": fake_v2, "task": "12class", "unknown_fraction": 0.5, "silence_fraction": 0.3, "cache_dir": cache}
+    dm = SpeechCommandsDataModule(**options)
     records = dm.records
     assert {r.label for r in records} == set(dm.class_names)
     official = {**dict.fromkeys(listed(dm.corpus_dir, "validation_list.txt"), "val")}
@@ -137,15 +139,16 @@ def test_twelve_class_task_samples_unknown_within_splits_and_cuts_silence(fake_v
                 and info.frames == 16000
                 and record.speaker == f"_silence_/{Path(record.source).stem}"
             )
-    again = SpeechCommandsDataModule(root=fake_v2, task="12class", unknown_fraction=0.5, silence_fraction=0.3)
+    again = SpeechCommandsDataModule(**options)
     silence_files = [r.source for r in records if r.label == SILENCE]
     mtimes = [os.stat(f).st_mtime_ns for f in silence_files]
     assert again.records == records and [os.stat(f).st_mtime_ns for f in silence_files] == mtimes
-    other = SpeechCommandsDataModule(root=fake_v2, task="12class", unknown_fraction=0.5, silence_fraction=0.3, seed=1)
+    other = SpeechCommandsDataModule(**options, seed=1)
     assert other.records != records
-    assert {Path(f).parent.parent for f in silence_files} == {fake_v2 / SILENCE}
+    assert {Path(f).parent.parent for f in silence_files} == {cache / SILENCE}
+    assert not (fake_v2 / SILENCE).exists()  # the corpus folder is never written
     assert Path(silence_files[0]).parent.name.startswith("speech_commands_v0.02-")
-    assert not list((fake_v2 / SILENCE).glob(".*"))  # no temporary folders left
+    assert not list((cache / SILENCE).glob(".*"))  # no temporary folders left
 
 
 def test_silence_regions_are_disjoint_and_fit_a_clip() -> None:
@@ -192,7 +195,8 @@ def test_corpus_problems_are_named(tmp_path: Path) -> None:
     corpus = write_speech_commands(tmp_path, version=1, words=("yes", "no", "zebra"))
     with pytest.raises(ValueError, match=r"\['zebra'\]"):
         SpeechCommandsDataModule(root=tmp_path, version=1).load_records()
-    assert {r.label for r in SpeechCommandsDataModule(root=tmp_path, version=1, task="12class").records} >= {UNKNOWN}
+    twelve = SpeechCommandsDataModule(root=tmp_path, version=1, task="12class", cache_dir=tmp_path / "cache")
+    assert {r.label for r in twelve.records} >= {UNKNOWN}
     (corpus / "testing_list.txt").unlink()
     with pytest.raises(FileNotFoundError, match="testing_list.txt"):
         SpeechCommandsDataModule(root=tmp_path, version=1).load_records()

@@ -103,7 +103,7 @@ class SpeechCommandsDataModule(AudioDataModule):
     every audio corpus has (:mod:`speechrnn.data.open_set`), plus ``_unknown_`` (a seeded sample of
     the other words' recordings, drawn within each split so the official split holds) and
     ``_silence_`` (one-second clips of the ``_background_noise_`` recordings, written once as wav
-    files under ``<root>/_silence_/``; see :func:`~speechrnn.data.open_set.write_silence_clips` for
+    files under ``<cache_dir>/_silence_/``; see :func:`~speechrnn.data.open_set.write_silence_clips` for
     how they are split). ``task="all"`` with ``keywords`` spots other words the same way.
     Speakers are the part of the file name before ``_nohash_``.
 
@@ -168,8 +168,9 @@ class SpeechCommandsDataModule(AudioDataModule):
         return self.corpus_dir / BACKGROUND_FOLDER
 
     def silence_folder(self, description: dict[str, Any], files: list[Path]) -> Path:
-        """``<root>/_silence_/speech_commands_v0.0<version>-<hash of description>``."""
-        return self.root / SILENCE / f"{corpus_name(self.version)}-{digest(description)}"
+        """``<cache_dir>/_silence_/speech_commands_v0.0<version>-<hash of description>``: beside the
+        feature caches, never in the corpus folder, which may be a read-only mount."""
+        return self.cache_dir / SILENCE / f"{corpus_name(self.version)}-{digest(description)}"
 
     def prepare_data(self) -> None:
         if self.download:
