@@ -4,6 +4,7 @@ false-alarm rates, calibration (temperature, thresholds) and ``evaluate --stream
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from speechrnn.errors import ConfigError
 from speechrnn.spotting.calibration import (
     Detector,
     SpottingSettings,
+    choose_smoothing,
     choose_thresholds,
     fit_temperature,
     negative_log_likelihood,
@@ -214,6 +216,29 @@ def test_thresholds_are_the_lowest_that_keep_each_keyword_in_its_share() -> None
     assert operating_point(detect(lower), truth, 4.0).false_alarms == 3
     quiet = choose_thresholds(Detector({"kw": tracks["kw"]}, settings), truth, 4.0, settings)[0]
     assert quiet == {"down": 0.5, "up": 0.5}  # no false alarm anywhere: the lowest threshold allowed
+
+
+def test_calibration_keeps_the_smoothing_whose_thresholds_miss_the_fewest_keywords() -> None:
+    """A keyword held at 0.8 for 0.7 s, and in the negative audio a 0.3 s burst at 1.0 of the same
+    keyword: smoothed over 0.1 or 0.3 s the burst outscores the keyword (no threshold keeps it and finds
+    the keyword); over 0.5 s the burst falls to 0.6 and a threshold just above it finds the keyword."""
+    times = np.arange(1, 601) / 10
+    keyword, burst = np.zeros(600, np.float32), np.zeros(600, np.float32)
+    keyword[197:204], burst[299:302] = 0.8, 1.0
+    tracks = {
+        name: PosteriorTrack(times, np.stack([1 - up, np.zeros_like(up), np.zeros_like(up), up], 1), CLASSES, 0.5, 0.1)
+        for name, up in (("kw", keyword), ("neg", burst))
+    }
+    truth = [Truth("kw", 19.8, 20.4, "up")]
+    settings = SpottingSettings(smoothing_s=0.3, refractory_s=1.0, min_threshold=0.5)
+    chosen, detect, thresholds, _, tried = choose_smoothing(tracks, truth, 1.0, settings)
+    assert chosen.smoothing_s == 0.5 and 0.6 < thresholds["up"] < 0.6 + 1e-4
+    assert tried["0.3"]["frr"] == tried["0.1"]["frr"] == 1.0 and tried["0.5"] == {"frr": 0.0, "fa_per_hour": 0.0}
+    assert operating_point(detect(thresholds), truth, 1.0).misses == 0
+    kept = choose_smoothing(tracks, truth, 1.0, dataclasses.replace(settings, smoothing_choices=()))
+    assert kept[0].smoothing_s == 0.3 and list(kept[4]) == ["0.3"]  # no choices: the length given
+    with pytest.raises(ConfigError, match="smoothing_choices"):
+        SpottingSettings(smoothing_choices=(0.3, -1.0))
 
 
 def test_temperature_fit_recovers_a_known_temperature() -> None:
