@@ -280,7 +280,7 @@ def choose_smoothing(
         point = operating_point(detect(thresholds), truth, hours, trial.tolerance_s)
         tried[f"{length:g}"] = {"frr": point.frr, "fa_per_hour": point.fa_per_hour}
         over = point.fa_per_hour > settings.target_fa_per_hour + 1e-9
-        key = (over, point.misses, point.false_alarms, length != float(settings.smoothing_s), length)
+        key = (over, point.misses, point.false_alarms, length != float(settings.smoothing_s))  # ties: the shorter
         if best is None or key < best[0]:
             best = (key, trial, detect, thresholds, details)
     assert best is not None
