@@ -150,15 +150,16 @@ def deltas(coeffs: torch.Tensor, win_length: int = 5) -> torch.Tensor:
 def reflect_past_ends(waveforms: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
     """Right-pad ``(B, S)`` by ``width`` and mirror each clip's last samples past its own end (as a
     centred STFT does at the end of a lone clip); everything further is zeroed. Valid frames of a
-    padded batch then equal those of each clip alone."""
-    batch, samples = waveforms.shape
-    padded = torch.nn.functional.pad(waveforms, (0, width))
-    position = torch.arange(samples + width, device=waveforms.device)[None, :]
+    padded batch then equal those of each clip alone. Only the ``(B, width)`` mirrored block is
+    gathered and written; the rest of the batch is masked once."""
+    samples = waveforms.shape[1]
     ends = lengths.to(waveforms.device)[:, None]
-    source = 2 * (ends - 1) - position
-    mirrored = padded.gather(1, source.clamp(0, samples - 1).expand(batch, -1))
-    in_mirror = (position >= ends) & (position < ends + width) & (source >= 0)
-    return torch.where(position < ends, padded, torch.where(in_mirror, mirrored, 0.0))
+    position = torch.arange(samples + width, device=waveforms.device)[None, :]
+    padded = torch.where(position < ends, torch.nn.functional.pad(waveforms, (0, width)), 0.0)
+    offsets = torch.arange(width, device=waveforms.device)[None, :]
+    source = ends - 2 - offsets  # sample ``end + j`` mirrors sample ``end - 2 - j``
+    mirrored = torch.where(source >= 0, waveforms.gather(1, source.clamp(0, samples - 1)), 0.0)
+    return padded.scatter(1, ends + offsets, mirrored)
 
 
 def vtln_warp_frequencies(frequencies: torch.Tensor, warps: torch.Tensor, nyquist: float) -> torch.Tensor:
