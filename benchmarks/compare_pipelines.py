@@ -17,10 +17,11 @@ child reads one ``Request``, the pipeline's name and the settings, as JSON on it
 
 (f) the real fit: ``speechrnn.fit.main`` (what ``python -m speechrnn.fit`` runs) in its own process on
     the same corpus, model, batch size, learning rate (constant, as the bare loops), seed and
-    number of optimizer steps, on (b)'s features (``--data.on_device_features false``: cached
-    features, SpecAugment and shift; left to itself, ``fit`` chooses waveform augmentation for a
-    corpus as small as FSDD, which recomputes the front end every step and would not be the same
-    work), with its cache built from scratch and everything users get:
+    number of optimizer steps, doing (b)'s work: cached features and no augmentation
+    (``--data.on_device_features false --data.augment '{}'``; left to itself, ``fit`` chooses waveform
+    augmentation for a corpus as small as FSDD, which recomputes the front end every step, and a
+    DataModule used by hand, as (b) uses it, augments nothing), with its cache built from scratch
+    and everything users get:
     LightningCLI parsing, the Trainer, validation every epoch (a seeded ``val_fraction`` of the
     training split, so it trains on fewer clips), checkpoints, logs, then its test of the best
     checkpoint. Timed from the outside by ``common.FitTimer``; its per-epoch rate counts the
@@ -380,7 +381,7 @@ def fit_arguments(settings: Settings, cache_dir: str, runs_dir: str, timer: dict
     precision = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}[settings.precision]
     return [
         *data, "--data.cache_dir", cache_dir, "--data.batch_size", str(settings.batch),
-        "--data.on_device_features", "false",
+        "--data.on_device_features", "false", "--data.augment", "{}",
         "--data.seed", str(settings.seed),
         "--model.cell", "gru", "--model.hidden_size", str(HIDDEN), "--model.num_layers", str(LAYERS),
         "--model.bidirectional", "true", "--model.pooling", "mean", "--model.dropout", "0",
