@@ -84,6 +84,14 @@ class FrameMoments:
         sequence = torch.from_numpy(np.asarray(frames, dtype=np.float64))
         self.add(sequence[None], torch.tensor([len(sequence)]), torch.tensor([int(group)]))
 
+    def add_frames(self, frames: torch.Tensor, groups: torch.Tensor) -> None:
+        """Add frames ``(N, F)``, frame ``n`` to group ``groups[n]``: many sequences in one call,
+        where :meth:`add_sequence` costs a few tensor operations per sequence."""
+        frames, groups = frames.double().cpu(), groups.cpu().to(torch.int64)
+        self.total.index_add_(0, groups, frames)
+        self.total_sq.index_add_(0, groups, frames.square())
+        self.count += torch.bincount(groups, minlength=len(self.count)).double()
+
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """``(mean, std + EPS)`` per group, float32 ``(G, F)``."""
         count = self.count.clamp_min(1)[:, None]

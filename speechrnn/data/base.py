@@ -44,6 +44,8 @@ from speechrnn.padding import PADDED_CLASS
 
 CACHE_DIR = "data/cache"
 """Where feature caches (and chunks downloaded from a bucket) go unless ``cache_dir`` says otherwise."""
+STATISTICS_CHUNK = 1024
+"""Stored sequences read per pass when measuring normalisation statistics (bounds the memory of a pass)."""
 
 
 class SequenceDataset(Dataset):
@@ -363,8 +365,11 @@ class SequenceDataModuleBase(pl.LightningDataModule):
         ``indices``, pooled by ``groups`` (a group number in ``[0, G)`` for each)."""
         moments = FrameMoments(int(groups.max()) + 1 if len(groups) else 1, self.feature_dim)
         assert self.store is not None
-        for index, group in zip(indices, groups, strict=True):
-            moments.add_sequence(self.store[int(index)], group)
+        for start in range(0, len(indices), STATISTICS_CHUNK):
+            part = slice(start, start + STATISTICS_CHUNK)
+            sequences = [np.asarray(self.store[int(i)], np.float32) for i in indices[part]]
+            owners = np.repeat(np.asarray(groups[part], np.int64), [len(s) for s in sequences])
+            moments.add_frames(torch.from_numpy(np.concatenate(sequences)), torch.from_numpy(owners))
         return moments.result()
 
     def batch_statistics(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -54,6 +54,27 @@ def test_every_split_is_normalised_with_its_speakers_statistics(tiny_corpus: Pat
     assert raw.data_config["speaker_statistics"] is None
 
 
+def test_statistics_measured_over_several_passes_equal_the_reference(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import speechrnn.data.base as base
+
+    raw = module(tiny_corpus, tmp_path / "c", RAW)
+    expected = expected_statistics(raw)
+    names = sorted(expected)
+    groups = np.array([names.index(raw.record_of(i).speaker) for i in range(len(raw.store_records))])
+    indices = np.arange(len(groups))
+    whole = raw.group_statistics(indices, groups)
+    monkeypatch.setattr(base, "STATISTICS_CHUNK", 3)  # passes that split a speaker's clips
+    parts = raw.group_statistics(indices, groups)
+    for mean, std in (whole, parts):
+        np.testing.assert_allclose(mean, np.stack([expected[n][0] for n in names]), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(std, np.stack([expected[n][1] for n in names]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(parts[0], whole[0], rtol=1e-6, atol=1e-6)
+    empty = raw.group_statistics(indices[:0], groups[:0])
+    assert empty[0].shape == (1, raw.feature_dim) and not np.any(empty[0])
+
+
 def test_on_device_speaker_normalisation_equals_the_cached_path(tiny_corpus: Path, tmp_path: Path) -> None:
     cached = module(tiny_corpus, tmp_path / "c", SPEAKER)
     device = module(tiny_corpus, tmp_path / "c", SPEAKER, on_device_features=True)
