@@ -98,6 +98,25 @@ def test_a_datamodule_used_by_hand_gives_plain_cached_features(tmp_path: Path) -
     assert features.shape[2] == dm.feature_dim == 39
 
 
+def test_waveform_augmentation_keeps_the_onset_of_clips_cut_at_the_word() -> None:
+    """FSDD's clips start at the word: a shift to the left drops samples of its first consonant, so
+    the default waveform augmentation drops at most 10 ms, where cached features shift by 50 ms."""
+    import torch
+
+    from speechrnn.data.augment import Augmenter
+
+    rate = 8000
+    audio = torch.arange(1, 4001, dtype=torch.float32).repeat(400, 1)
+    lengths = torch.full((400,), 4000)
+    shifted, new_lengths = Augmenter(
+        dataclasses.replace(WAVEFORM_AUGMENT, speed_factors=(), coloured_noise=False), rate, 80
+    ).waveforms(audio, lengths, 200)
+    first = torch.stack([row[row > 0][0] for row in shifted])  # the sample each clip now starts with
+    dropped = (first - 1).max().item()
+    assert 0 < dropped <= 0.010 * rate and (new_lengths > lengths).any()
+    assert FEATURE_AUGMENT.time_shift_ms == 50
+
+
 def test_augmentation_rule() -> None:
     limit = CPU_WAVEFORM_AUGMENT_MINUTES
     assert choose_augmentation(None, None, limit, on_gpu=False)[:2] == (WAVEFORM_AUGMENT, True)

@@ -29,10 +29,14 @@ WAVEFORM_AUGMENT = dataclasses.replace(
     coloured_noise=True,
     noise_snr_db=(10.0, 30.0),
     noise_probability=0.5,
+    time_shift_ms=10,
 )
 """:data:`FEATURE_AUGMENT` plus speed perturbation 0.85-1.15, vocal-tract-length warps of up to
 15 % and coloured noise at 10-30 dB SNR on half the clips (the new-speaker recipe, chosen on FSDD
-validation speakers)."""
+validation speakers), with shifts of at most 10 ms: a shift to the left drops the start of the
+clip, and in a corpus of clips cut at the word's onset (FSDD) up to 50 ms took the consonants that
+tell "two" from "four" (leave-one-speaker-out 91.3 % -> 92.8 % mean, worst 86.4 % -> 87.8 %; no shift
+at all: worse, benchmarks/README.md)."""
 
 SPOTTING_NOISE = {"background_noise": True, "coloured_noise": False, "noise_snr_db": (5.0, 20.0),
                   "noise_probability": 0.8, "time_shift_ms": 200.0}  # fmt: skip
