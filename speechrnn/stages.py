@@ -115,9 +115,9 @@ def datamodule_from_config(config: ConfigSource, **init_args: Any) -> Any:
 
 def cache_workers(workers: int | None = None) -> int:
     """Processes for building a feature cache: ``workers``, or one per core when None."""
-    import os
+    from speechrnn.data.storage.feature_cache import usable_cores
 
-    return (os.cpu_count() or 1) if workers is None else workers
+    return usable_cores() if workers is None else workers
 
 
 def prepare(config: ConfigSource, workers: int | None = None, **init_args: Any) -> dict[str, Any]:

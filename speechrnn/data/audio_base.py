@@ -39,7 +39,12 @@ from speechrnn.data.open_set import (
 from speechrnn.data.records import Record
 from speechrnn.data.splits import SPLITS, Split
 from speechrnn.data.storage.bucketing import BucketBatchSampler
-from speechrnn.data.storage.feature_cache import MemmapFeatureCache, cache_key, map_chunks_with_progress
+from speechrnn.data.storage.feature_cache import (
+    MemmapFeatureCache,
+    cache_key,
+    default_cache_workers,
+    map_chunks_with_progress,
+)
 from speechrnn.errors import ConfigError, UserInputError
 from speechrnn.features import FeatureSettings, MFCCFrontend
 from speechrnn.normalization import FrameMoments, Normalization, standardize
@@ -168,7 +173,7 @@ class AudioDataModule(SequenceDataModuleBase):
         on_error: OnError = "raise",
         max_seconds: float | None = None,
         long_clips: LongClips = "error",
-        cache_workers: int = 0,
+        cache_workers: int | None = None,
         on_device_features: bool | None = None,
         augment: AugmentSettings | None = None,
         voice_activity: bool = False,
@@ -192,7 +197,10 @@ class AudioDataModule(SequenceDataModuleBase):
             long_clips: What happens to clips longer than ``max_seconds``: ``error`` treats them as
                 bad input (``on_error`` then raises or skips), ``crop`` keeps their first
                 ``max_seconds``.
-            cache_workers: Processes used to build the cache (0: in this process).
+            cache_workers: Processes used to build the cache (0: in this process). None: one per
+                core for a corpus of at least
+                :data:`~speechrnn.data.storage.feature_cache.PARALLEL_CACHE_FILES` files, otherwise
+                in this process.
             on_device_features: Cache waveforms instead of features and compute MFCC (and
                 augmentation) on the accelerator in ``on_after_batch_transfer``; batches read
                 straight from the DataLoader then hold waveforms ``(batch, samples, 1)``. None:
@@ -583,7 +591,7 @@ class AudioDataModule(SequenceDataModuleBase):
                 extract,
                 sources,
                 f"{'waveforms' if self.on_device_features else 'features'}: {self.name}",
-                self.cache_workers,
+                default_cache_workers(len(sources)) if self.cache_workers is None else self.cache_workers,
                 chunk_size=CACHE_CHUNK,
             )
             dim = 1 if self.on_device_features else self.features.feature_dim

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechrnn.data import AudioFolderDataModule, MemmapFeatureCache
+from speechrnn.data import AudioFolderDataModule, MemmapFeatureCache, audio_base
 from speechrnn.data.storage.feature_cache import ConcatenatedFeatureStore, cache_key
 from speechrnn.features import FeatureSettings
 
@@ -124,6 +124,36 @@ def test_cache_built_by_worker_processes_equals_one_process(
     assert single.keys == pooled.keys and len(single) == 36
     np.testing.assert_array_equal(single.offsets, pooled.offsets)
     np.testing.assert_allclose(np.asarray(single.frames), np.asarray(pooled.frames), rtol=0, atol=1e-5)
+
+
+def test_default_cache_workers_use_every_core_only_for_a_large_corpus(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from speechrnn.data.storage import feature_cache
+
+    monkeypatch.setattr(feature_cache, "usable_cores", lambda: 2)
+    assert feature_cache.default_cache_workers(feature_cache.PARALLEL_CACHE_FILES - 1) == 0
+    assert feature_cache.default_cache_workers(feature_cache.PARALLEL_CACHE_FILES) == 2
+    monkeypatch.setattr(feature_cache, "usable_cores", lambda: 1)
+    assert feature_cache.default_cache_workers(10**6) == 0
+
+    pools = []
+    real_map = feature_cache.map_chunks_with_progress
+
+    def spy(function, items, description, num_workers=0, chunk_size=64):
+        pools.append(num_workers)
+        return real_map(function, items, description, num_workers, chunk_size)
+
+    monkeypatch.setattr(audio_base, "map_chunks_with_progress", spy)
+    monkeypatch.setattr(audio_base, "default_cache_workers", lambda files: 2 if files >= 36 else 0)
+    dm = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=tmp_path / "auto")
+    dm.prepare_data()
+    assert pools == [2]  # the 36 clips reach the (patched) threshold: built by two processes
+    explicit = AudioFolderDataModule(manifest=tiny_corpus, cache_dir=tmp_path / "one", cache_workers=0)
+    explicit.prepare_data()
+    assert pools == [2, 0]
+    pooled, single = (MemmapFeatureCache(cache_dirs(tmp_path / name)[0]) for name in ("auto", "one"))
+    np.testing.assert_array_equal(np.asarray(pooled.frames), np.asarray(single.frames))
 
 
 def test_items_are_read_from_the_file_equal_to_the_map_in_any_process(tmp_path: Path) -> None:

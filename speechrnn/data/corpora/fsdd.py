@@ -187,10 +187,11 @@ class FSDDDataModule(AudioDataModule):
             )
             raise MissingInputError(f"{self.root}: FSDD recordings folder not found{hint}")
         found = []
-        for path in sorted(self.root.iterdir()):
-            match = FILE_PATTERN.match(path.name)
-            if match and path.is_file():
-                found.append((path, match["digit"], match["speaker"], int(match["index"])))
+        with os.scandir(self.root) as entries:  # the entries know their type: no stat per file
+            for entry in sorted(entries, key=lambda e: e.name):
+                match = FILE_PATTERN.match(entry.name)
+                if match and entry.is_file():
+                    found.append((self.root / entry.name, match["digit"], match["speaker"], int(match["index"])))
         if not found:
             raise ValueError(f"{self.root}: no FSDD recordings named <digit>_<speaker>_<index>.wav")
         return found

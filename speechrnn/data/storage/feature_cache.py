@@ -24,6 +24,10 @@ from rich.progress import Progress
 from speechrnn.io import atomic_directory
 
 CACHE_FORMAT_VERSION = 1
+PARALLEL_CACHE_FILES = 1024
+"""Fewest files whose cache is built by a process per core when the number of processes is left to
+the default: starting the pool costs 60-80 ms, which a few hundred clips do not repay (on 2 cores,
+512 FSDD clips took 0.14 s in one process and 0.15-0.16 s in two; all 2,500, 0.67 s and 0.50 s)."""
 
 
 class FeatureStore(ABC):
@@ -204,6 +208,18 @@ def read_skipped(path: Path) -> list[SkippedFile]:
         return []
     with open(path, newline="") as handle:
         return [SkippedFile(row["path"], row["reason"]) for row in csv.DictReader(handle)]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity, which a container or ``taskset`` narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_cache_workers(files: int) -> int:
+    """Processes that build a cache of ``files`` files when the user left it open: one per core
+    from :data:`PARALLEL_CACHE_FILES` files on, none (this process) below it or on one core."""
+    cores = usable_cores()
+    return cores if cores > 1 and files >= PARALLEL_CACHE_FILES else 0
 
 
 def map_chunks_with_progress(
