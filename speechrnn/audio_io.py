@@ -55,6 +55,10 @@ class AudioError(UserInputError):
         self.problem = problem
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple[type[AudioError], tuple[str, str, AudioProblem]]:
+        """Pickle by the constructor's arguments: a cache worker process hands its errors back."""
+        return type(self), (self.path, self.reason, self.problem)
+
 
 @dataclass(frozen=True)
 class AudioBytes:

@@ -132,3 +132,22 @@ def test_a_split_with_no_data_is_named(tmp_path: Path) -> None:
     dm = AudioFolderDataModule(manifest=all_bad, cache_dir=tmp_path / "cache2", on_error="skip")
     with pytest.raises(ValueError, match="the train split has no data"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_bad_file_found_by_a_cache_worker_process_is_reported_as_by_one_process(
+    on_error: str, tmp_path: Path
+) -> None:
+    manifest = corpus_with(tmp_path, with_nan, "up/bad.wav")
+    dm = AudioFolderDataModule(manifest=manifest, cache_dir=tmp_path / "cache", on_error=on_error, cache_workers=2)
+    if on_error == "raise":
+        with pytest.raises(AudioError, match="NaN") as info:
+            dm.prepare_data()
+        assert "up/bad.wav" in str(info.value) and info.value.path.endswith("up/bad.wav")
+        return
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.store) == len(dm.records) - 1
+    with open(dm.cache.directory / "skipped.csv") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert row["path"].endswith("up/bad.wav") and "NaN" in row["reason"]
