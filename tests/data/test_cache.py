@@ -132,8 +132,12 @@ def test_default_cache_workers_use_every_core_only_for_a_large_corpus(
     from speechrnn.data.storage import feature_cache
 
     monkeypatch.setattr(feature_cache, "usable_cores", lambda: 2)
+    monkeypatch.setattr(feature_cache.multiprocessing, "get_start_method", lambda allow_none=False: "fork")
     assert feature_cache.default_cache_workers(feature_cache.PARALLEL_CACHE_FILES - 1) == 0
     assert feature_cache.default_cache_workers(feature_cache.PARALLEL_CACHE_FILES) == 2
+    assert feature_cache.default_cache_workers(10**6) == 2
+    monkeypatch.setattr(feature_cache.multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
+    assert feature_cache.default_cache_workers(10**6) == 0
     monkeypatch.setattr(feature_cache, "usable_cores", lambda: 1)
     assert feature_cache.default_cache_workers(10**6) == 0
 

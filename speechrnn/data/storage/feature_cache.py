@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 from abc import ABC, abstractmethod
@@ -217,9 +218,13 @@ def usable_cores() -> int:
 
 def default_cache_workers(files: int) -> int:
     """Processes that build a cache of ``files`` files when the user left it open: one per core
-    from :data:`PARALLEL_CACHE_FILES` files on, none (this process) below it or on one core."""
+    from :data:`PARALLEL_CACHE_FILES` files on, none (this process) below it, on one core, or where
+    new processes are not forked (macOS, Python 3.14's Linux default): a spawned worker imports torch
+    afresh, seconds that a cache of a few thousand clips does not repay, and it would re-run a user's
+    script that lacks an ``if __name__ == "__main__"`` guard."""
     cores = usable_cores()
-    return cores if cores > 1 and files >= PARALLEL_CACHE_FILES else 0
+    forked = (multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]) == "fork"
+    return cores if cores > 1 and forked and files >= PARALLEL_CACHE_FILES else 0
 
 
 def map_chunks_with_progress(
