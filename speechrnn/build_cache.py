@@ -1,5 +1,5 @@
 """``speechrnn build-cache FIT_CONFIG...``: build a corpus's feature cache ahead of
-training, on all cores, with a progress bar.
+training (on every core for a corpus of 1,024 files or more), with a progress bar.
 
 Training then reads the cache (``data/cache/<dataset>-<hash>/``) instead of decoding audio. With
 ``--format litdata`` the features (the same cache's) are also written as LitData shards to a new
@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from speechrnn.data.storage.shards import DEFAULT_CHUNK_BYTES, write_shards
 from speechrnn.errors import ConfigError, run_entry_point
-from speechrnn.stages import cache_workers, datamodule_from_config, prepare
+from speechrnn.stages import datamodule_from_config, prepare
 
 
 def build_cache(
@@ -33,7 +33,8 @@ def build_cache(
 
     Args:
         fit_configs: Fit configs (YAML) whose data section names the corpus; later ones override.
-        workers: Processes that compute features (default: all cores).
+        workers: Processes that compute features (default: one per core for 1,024 files or more where
+            processes are forked, as ``fit``'s own cache build).
         format: ``memmap``: the local feature cache only; ``litdata``: also shards for
             ``ShardedDataModule`` (needs ``output``).
         output: With ``litdata``: a new folder, or a bucket URL (``s3://``, ``gs://``, ``r2://``).
@@ -47,7 +48,7 @@ def build_cache(
     if format == "memmap":
         result = prepare(fit_configs, workers)
     else:
-        datamodule = datamodule_from_config(fit_configs, cache_workers=cache_workers(workers))
+        datamodule = datamodule_from_config(fit_configs, cache_workers=workers)
         index = write_shards(datamodule, output, chunk_bytes=chunk_bytes)
         result = {"class": index.source, "examples": index.counts, "shards": index.location}
     print(json.dumps(result, indent=2))

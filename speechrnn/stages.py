@@ -113,17 +113,11 @@ def datamodule_from_config(config: ConfigSource, **init_args: Any) -> Any:
     return parser.instantiate_classes(parser.parse_object({"data": data})).data
 
 
-def cache_workers(workers: int | None = None) -> int:
-    """Processes for building a feature cache: ``workers``, or one per core when None."""
-    from speechrnn.data.storage.feature_cache import usable_cores
-
-    return usable_cores() if workers is None else workers
-
-
 def prepare(config: ConfigSource, workers: int | None = None, **init_args: Any) -> dict[str, Any]:
-    """Download or generate the corpus and build the feature cache its training runs read, with all
-    cores by default."""
-    datamodule = datamodule_from_config(config, cache_workers=cache_workers(workers), **init_args)
+    """Download or generate the corpus and build the feature cache its training runs read; ``workers``
+    processes build it (None: the DataModule's rule, a process per core for a large corpus,
+    :func:`speechrnn.data.storage.feature_cache.default_cache_workers`)."""
+    datamodule = datamodule_from_config(config, cache_workers=workers, **init_args)
     if hasattr(datamodule, "training_run"):
         datamodule.training_run = True
     datamodule.prepare_data()
