@@ -85,6 +85,20 @@ def test_reverse_within_length_keeps_padding_in_place_and_is_an_involution() -> 
     torch.testing.assert_close(reverse_within_length(reversed_, lengths), x)
 
 
+def test_reverse_within_length_time_major_and_its_gradient() -> None:
+    """Time-major input reverses as its batch-major transpose does (frames of any trailing shape),
+    and the gradient is the upstream gradient reversed the same way."""
+    x = torch.randn(3, 5, 2, 2, requires_grad=True)
+    lengths = torch.tensor([5, 0, 3])
+    batch_major = reverse_within_length(x, lengths)
+    time_major = reverse_within_length(x.transpose(0, 1), lengths, time_dim=0)
+    assert torch.equal(time_major.transpose(0, 1), batch_major)
+    assert torch.equal(batch_major[2, 3:], x[2, 3:]) and torch.equal(batch_major[2, 0], x[2, 2])
+    upstream = torch.randn_like(x)
+    (gradient,) = torch.autograd.grad((batch_major * upstream).sum(), x)
+    assert torch.equal(gradient, reverse_within_length(upstream, lengths))
+
+
 def test_last_state_is_returned_for_ragged_batches() -> None:
     torch.manual_seed(0)
     for cell in ("gru", "lstm"):
