@@ -31,7 +31,7 @@ from torch import _VF, nn
 from torch.nn.modules import module as torch_module
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from speechrnn.models.fused import dropout_by_mask, fused_recurrence
+from speechrnn.models.fused import fused_recurrence
 from speechrnn.padding import lengths_mask
 
 Cell = Literal["rnn", "gru", "lstm"]
@@ -226,7 +226,7 @@ class RecurrentEncoder(nn.Module):
         x = x.transpose(0, 1)
         for depth, directions in enumerate(self.layers):
             if depth > 0:
-                x = dropout_by_mask(x, self.dropout.p) if self.dropout.training else x
+                x = self.dropout(x)
             if self.bidirectional:
                 inputs = torch.stack([x, reverse_within_length(x, lengths, time_dim=0)])
                 forward_out, backward_out = fused_recurrence(inputs, directions).unbind(0)

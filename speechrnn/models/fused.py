@@ -225,21 +225,6 @@ class FusedTanhRNNFunction(torch.autograd.Function):
         return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
-def dropout_by_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout (``F.dropout`` in training) whose mask comes from ``torch.rand``: each
-    element is kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``, as ``F.dropout`` does,
-    in less than half of its time on the CPU, where ``bernoulli_`` draws element by element
-    (benchmarks/README.md). The draws differ from ``F.dropout``'s under the same seed."""
-    if not 0 <= p <= 1:
-        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-    if p == 0:
-        return x
-    if p == 1:
-        return x * 0
-    keep = torch.rand(x.shape, dtype=x.dtype, device=x.device) >= p
-    return x * keep.to(x.dtype).mul_(1 / (1 - p))
-
-
 FUSED_FUNCTIONS: dict[str, type[torch.autograd.Function]] = {"rnn": FusedTanhRNNFunction, "gru": FusedGRUFunction}
 
 

@@ -8,14 +8,7 @@ import torch
 from torch import nn
 
 from speechrnn.models import RecurrentEncoder, SequenceClassifierNet
-from speechrnn.models.fused import (
-    FUSED_FUNCTIONS,
-    SCRATCH,
-    FusedGRUFunction,
-    dropout_by_mask,
-    fused_recurrence,
-    release_scratch,
-)
+from speechrnn.models.fused import FUSED_FUNCTIONS, SCRATCH, FusedGRUFunction, fused_recurrence, release_scratch
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
 
@@ -233,20 +226,6 @@ def test_frozen_weights_get_no_gradient_and_the_input_gradient_is_unchanged(cell
     fused_recurrence(x, cells).square().sum().backward()
     torch.testing.assert_close(x.grad, expected, **TIGHT)
     assert all(p.grad is None for c in cells for p in c.parameters())
-
-
-def test_dropout_by_mask_keeps_each_element_with_one_minus_p_and_scales_it() -> None:
-    torch.manual_seed(0)
-    x = torch.rand(400, 500) + 0.5  # no zeros, so a kept element is told from a dropped one
-    y = dropout_by_mask(x.requires_grad_(True), 0.3)
-    kept = y != 0
-    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 200,000 draws: 0.005 is about 5 sigma
-    torch.testing.assert_close(y[kept], x[kept] / 0.7)
-    (gradient,) = torch.autograd.grad(y.sum(), x)
-    torch.testing.assert_close(gradient, kept.float() / 0.7)
-    assert dropout_by_mask(x, 0.0) is x and torch.equal(dropout_by_mask(x, 1.0), torch.zeros_like(x))
-    with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\], got 1.5"):
-        dropout_by_mask(x, 1.5)
 
 
 def test_encoder_drops_between_layers_on_the_fused_path_only_in_training_mode() -> None:
