@@ -23,6 +23,7 @@ from common import command_line
 from speechrnn.audio_io import read_audio
 from speechrnn.data.corpora.fsdd import FILE_PATTERN
 from speechrnn.data.corpora.locations import corpus_root
+from speechrnn.errors import MissingInputError, reported_errors
 from speechrnn.inference import EnrolledWaveformClassifier, WaveformClassifier
 
 
@@ -44,7 +45,7 @@ def fold_checkpoint(run: Path, speaker: str) -> Path:
     """The checkpoint the pipeline tested for ``speaker``'s fold (its ``.done.json``)."""
     done = run / f"fit-loso-{speaker}.done.json"
     if not done.is_file():
-        raise FileNotFoundError(f"{done}: no finished leave-one-speaker-out fit for {speaker} in {run}")
+        raise MissingInputError(f"{done}: no finished leave-one-speaker-out fit for {speaker} in {run}")
     return Path(json.loads(done.read_text())["result"]["checkpoint"])
 
 
@@ -65,7 +66,7 @@ def main(settings: EnsembleRun) -> dict[str, dict[str, float]]:
     for speaker in settings.speakers:
         files = sorted(recordings.glob(f"[0-9]_{speaker}_*.wav"))
         if not files:
-            raise FileNotFoundError(f"{recordings}: no recordings of {speaker}")
+            raise MissingInputError(f"{recordings}: no recordings of {speaker}")
         posteriors, labels = {}, None
         for run in settings.runs:
             probabilities, names = voice_posteriors(fold_checkpoint(run, speaker), files)
@@ -87,4 +88,5 @@ def main(settings: EnsembleRun) -> dict[str, dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main(command_line(EnsembleRun, __doc__))
+    with reported_errors():
+        main(command_line(EnsembleRun, __doc__))
